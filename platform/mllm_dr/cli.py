@@ -1,0 +1,133 @@
+"""``mllm-dr``: one command per stage. Arguments are parsed here; the work is done by each stage's module.
+
+Stage modules are imported only when their command runs, so ``mllm-dr --help`` is instant. A stage entry
+point takes the parsed :class:`argparse.Namespace` and returns an exit code. Bad input raises
+:class:`~mllm_dr.errors.UserError`, which becomes a one-line ``error: ...`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from mllm_dr import __version__
+from mllm_dr.errors import UserError
+from mllm_dr.storage import S3_ENDPOINT_ENV
+
+Adder = Callable[[argparse.ArgumentParser], None]
+COMMANDS: dict[str, tuple[str, str, Adder]] = {}  # name -> (help, "module:function", add_arguments)
+
+
+def command(name: str, help: str, target: str) -> Callable[[Adder], Adder]:
+    def register(add_arguments: Adder) -> Adder:
+        COMMANDS[name] = (help, target, add_arguments)
+        return add_arguments
+
+    return register
+
+
+@command("demo", "end to end on synthetic data: local Ray, tiny LLM, CPU", "mllm_dr.demo:main")
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default="demo-work", help="where every step's output lands (default: demo-work)")
+
+
+@command("synth", "write synthetic interview videos with planted PHQ item signals", "mllm_dr.data.synthetic:main")
+def _synth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (or s3:// prefix)")
+    p.add_argument("--interviews", type=int, default=8, help="number of interviews (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each interview (default: 20)")
+
+
+@command("init-tiny-llm", "build a tiny random HF causal LM + tokenizer locally", "mllm_dr.model.tiny:main")
+def _tiny(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory, loadable with from_pretrained")
+
+
+@command("preprocess", "interviews from one or many sites -> Parquet feature store (Ray Data)",
+         "mllm_dr.data.preprocess:main")
+def _preprocess(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", action="append", default=[], metavar="[SITE=][FORMAT:]URI",
+                   help="input; FORMAT is videos (default), edaic, daicwoz, cmdc or manifest. Repeat for sites.")
+    p.add_argument("--out", required=True, help="feature store URI (local path or s3://bucket/prefix)")
+    p.add_argument("--config", help="preprocessing config YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--overwrite", action="store_true", help="re-process interviews already in the store")
+
+
+@command("distill", "teacher LLM writes per-item rationales for training interviews", "mllm_dr.data.distill:main")
+def _distill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, help="feature store URI")
+    p.add_argument("--teacher", required=True, help="local HF model directory or OpenAI-compatible http(s) URL")
+    p.add_argument("--out", required=True, help="rationale set URI (Parquet)")
+    p.add_argument("--config", help="distillation config YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+
+
+@command("train", "two-stage fine-tuning with Ray Train + DeepSpeed ZeRO", "mllm_dr.train.trainer:main")
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training config YAML (see jobs/configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+
+
+@command("evaluate", "paper-protocol evaluation report on a split", "mllm_dr.evaluation.report:main")
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model bundle directory")
+    p.add_argument("--store", required=True, help="feature store URI")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--out", required=True, help="report directory")
+
+
+@command("score", "offline batch scoring of a whole store with Ray Data", "mllm_dr.evaluation.batch:main")
+def _score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model bundle directory")
+    p.add_argument("--store", required=True, help="feature store URI")
+    p.add_argument("--out", required=True, help="predictions URI (Parquet)")
+
+
+@command("serve", "host the scoring HTTP endpoint on Ray Serve", "mllm_dr.serving.app:main")
+def _serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model bundle directory")
+    p.add_argument("--config", help="serving config YAML")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+
+
+@command("submit", "submit a job spec to a Ray cluster", "mllm_dr.jobs:main")
+def _submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="job spec YAML (see jobs/)")
+    p.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mllm-dr", description="Explainable depression assessment from clinical interviews (MLlm-DR) on Ray.")
+    parser.add_argument("--version", action="version", version=f"mllm-dr {__version__}")
+    parser.add_argument("--s3-endpoint", help=f"custom S3 endpoint URL (default: ${S3_ENDPOINT_ENV})")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _, add_arguments) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.s3_endpoint:
+        os.environ[S3_ENDPOINT_ENV] = args.s3_endpoint
+    module_name, function_name = COMMANDS[args.command][1].split(":")
+    try:
+        entry = getattr(importlib.import_module(module_name), function_name)
+        return int(entry(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: sources -> media -> features -> records -> samples (imports only ever point back up this chain)."""

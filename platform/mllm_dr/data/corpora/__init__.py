@@ -1,0 +1,1 @@
+"""Input formats: one module per layout (`videos`, `manifest`, `edaic`, `daicwoz`, `cmdc`), registered in sources."""
