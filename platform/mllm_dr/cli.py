@@ -91,8 +91,13 @@ def _score(p: argparse.ArgumentParser) -> None:
 @command("serve", "host the scoring HTTP endpoint on Ray Serve", "mllm_dr.serving.app:main")
 def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model bundle directory")
-    p.add_argument("--config", help="serving config YAML")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    p.add_argument("--config", help="Ray Serve config file whose application args are the serving config "
+                                    "(e.g. serve/local.yaml)")
+    p.add_argument("--host", help="address to listen on (default: the config's http_options.host, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port, else 8000)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="accept requests without a bearer token (local use only; default: refuse to start "
+                        "without tokens from MLLM_DR_API_TOKENS or auth.token_file)")
 
 
 @command("submit", "submit a job spec to a Ray cluster", "mllm_dr.jobs:main")
@@ -100,6 +105,12 @@ def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="job spec YAML (see jobs/)")
     p.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="with --wait: stop following after this long (exit 3; the job keeps running)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. runtime_env.pip=null on clusters whose image has the project")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the equivalent `ray job submit` command (paths resolved) instead of submitting")
 
 
 def build_parser() -> argparse.ArgumentParser:

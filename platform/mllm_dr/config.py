@@ -47,6 +47,8 @@ class AudioEncoderConfig(StrictModel):
     frame_rate: float = Field(50.0, gt=0, description="log-mel feature frames per second (hop = 16000 / rate)")
     layer: int = Field(-1, description="hidden layer to keep (kind=hf)")
     batch_seconds: float = Field(30.0, gt=0, description="audio window per encoder call (kind=hf)")
+    normalize: bool = Field(False, description="per-utterance mean/variance normalisation of each mel band "
+                            "(kind=logmel; off by default because it removes loudness differences between interviews)")
 
 
 class VisualEncoderConfig(StrictModel):
@@ -54,7 +56,8 @@ class VisualEncoderConfig(StrictModel):
     arch: str = Field("resnet18", description="torchvision architecture (kind=torchvision)")
     weights: str | None = Field(None, description="local .pth state dict; random init when absent (kind=torchvision)")
     path: str | None = Field(None, description="local Hugging Face vision model directory (kind=hf)")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, description="frames per encoder call")
+    seed: int = Field(0, description="seed of the random initialisation when no weights are given (kind=torchvision)")
 
 
 class EncodersConfig(StrictModel):
@@ -67,6 +70,9 @@ class EncodersConfig(StrictModel):
 class CorpusConfig(StrictModel):
     visual_stream: Literal["resnet", "openface"] = Field(
         "resnet", description="E-DAIC-WOZ visual features to keep: ResNet face embeddings or OpenFace")
+    clnf_streams: list[Literal["features", "features3D", "AUs", "pose", "gaze"]] = Field(
+        ["features", "AUs", "pose", "gaze"], min_length=1,
+        description="DAIC-WOZ CLNF files joined frame by frame, in this order, as the visual features")
     split_seed: int = Field(0, description="seed of the subject-level split for corpora without one")
     split_fractions: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/dev/test")
     leave_site_out: str | None = Field(None, description="make this site the test split, the others train/dev")

@@ -9,8 +9,11 @@ which then use their own credential chain.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -88,6 +91,18 @@ class Location:
     def local_path(self) -> str | None:
         """The path on local disk, when there is one (lets PyAV and friends read without a copy)."""
         return self.path if self.protocol == "file" else None
+
+    @contextlib.contextmanager
+    def local_copy(self) -> Iterator[str]:
+        """A local path to this file for readers that need one (PyAV, h5py): the file itself on local disk,
+        else a temporary download that is removed afterwards."""
+        if self.protocol == "file":
+            yield self.path
+            return
+        with tempfile.TemporaryDirectory(prefix="mllm-dr-") as folder:
+            target = os.path.join(folder, posixpath.basename(self.path) or "download")
+            _guard(self.fs.get_file, self.path, target)
+            yield target
 
     def arrow_filesystem(self) -> pyarrow.fs.FileSystem:
         """The same filesystem in the form ``ray.data.read_*`` / ``write_*`` take as ``filesystem=``."""

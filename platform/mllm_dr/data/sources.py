@@ -24,6 +24,11 @@ DEFAULT_SITE = "default"
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def is_site_name(name: str) -> bool:
+    """Letters, digits, ``_ . -``; at most 64 characters (site names end up in paths and metrics keys)."""
+    return bool(_SITE_RE.match(name))
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     site: str

@@ -1,0 +1,1 @@
+"""Serving: the assessment HTTP API on Ray Serve (ingress, preprocessor, batching scorer) and its page."""
