@@ -74,6 +74,14 @@ def ray_local(s3_server: S3Server) -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> str:
+    """A tiny random Llama + byte-level BPE tokenizer (what ``mllm-dr init-tiny-llm`` writes), built once."""
+    from mllm_dr.model.tiny import build_tiny_llm
+
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run ``mllm-dr ...`` as a user would, in a subprocess; returns the CompletedProcess."""

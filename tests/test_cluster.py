@@ -9,8 +9,11 @@ declare is an error (kubectl's default strict field validation), not silently pr
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -84,11 +87,12 @@ def _strict(schema: dict) -> dict:
     return schema
 
 
+@functools.cache
 def crd_schema(kind: str) -> dict:
     path = CRDS / f"ray.io_{kind.lower()}s.yaml"
     if not path.exists():
         pytest.fail(f"KubeRay CRDs not found at {CRDS}: a checkout needs shared/ beside the repository")
-    crd = yaml.safe_load(path.read_text())
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 20k lines: use libyaml
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return _strict(version["schema"]["openAPIV3Schema"])
 
@@ -177,9 +181,8 @@ def test_job_spec_parses_and_its_entrypoint_is_an_mllm_dr_command(path):
     assert Path(env.working_dir) == REPO  # relative to the spec file, wherever it is submitted from
     assert [Path(m) for m in env.py_modules] == [REPO / "platform" / "mllm_dr"]
     assert any("constraints.txt" in line for line in env.pip.packages)
-    if path.stem in {"train", "evaluate"}:
-        config = next((w for w in words if w.startswith("jobs/configs/")), None)
-        assert config is None or (REPO / config).exists(), f"{config} referenced by {path.name} is missing"
+    config = getattr(args, "config", None)  # relative to working_dir, the repository
+    assert config is None or (REPO / config).exists(), f"{config} referenced by {path.name} is missing"
 
 
 def test_dry_run_prints_the_equivalent_ray_job_submit_command(cli):
@@ -230,13 +233,10 @@ def test_unknown_spec_keys_and_missing_paths_are_refused(tmp_path):
         load_job_spec(spec)
 
 
-def test_no_address_is_a_one_line_error(tmp_path, cli):
+def test_no_address_is_a_one_line_error(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text("entrypoint: mllm-dr synth --out x\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-m", "mllm_dr.cli", "submit", str(spec)], capture_output=True,
                             text=True, env=env, timeout=120)
     assert result.returncode == 2 and "no cluster address" in result.stderr

@@ -40,6 +40,10 @@ def _synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interviews", type=int, default=8, help="number of interviews (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each interview (default: 20)")
+    p.add_argument("--site", help="site name: interview ids become SITE-000... and the site seeds its people")
+    p.add_argument("--width", type=int, default=160, help="frame width in pixels (default: 160)")
+    p.add_argument("--height", type=int, default=120, help="frame height in pixels (default: 120)")
+    p.add_argument("--fps", type=int, default=5, help="video frames per second (default: 5)")
 
 
 @command("init-tiny-llm", "build a tiny random HF causal LM + tokenizer locally", "mllm_dr.model.tiny:main")
@@ -77,8 +81,18 @@ def _train(p: argparse.ArgumentParser) -> None:
 def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model bundle directory")
     p.add_argument("--store", required=True, help="feature store URI")
-    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--split", default="test", help="split(s) to evaluate, comma-separated, or all (default: test)")
+    p.add_argument("--out", required=True, help="report directory (local path or s3://bucket/prefix)")
+    p.add_argument("--cutoff", type=int, help="screening cut-off, total >= CUTOFF is positive "
+                                              "(default: the questionnaire's, 10; the CMDC protocol uses 9)")
+    p.add_argument("--modality-sets", default="all,audio+text,video+text,text",
+                   help="modality sets to score, masking the others at inference (default: all four)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--no-generate", action="store_true", help="regression head only: fast, no rationales")
+    p.add_argument("--max-new-tokens", type=int, help="generation length (default: the model's)")
+    p.add_argument("--base-llm", help="base LLM directory, overriding the one recorded in the bundle")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
 @command("score", "offline batch scoring of a whole store with Ray Data", "mllm_dr.evaluation.batch:main")
@@ -86,6 +100,13 @@ def _score(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model bundle directory")
     p.add_argument("--store", required=True, help="feature store URI")
     p.add_argument("--out", required=True, help="predictions URI (Parquet)")
+    p.add_argument("--workers", type=int, default=1, help="scoring actors, each loads the model once (default: 1)")
+    p.add_argument("--batch-size", type=int, default=4, help="interviews per actor call (default: 4)")
+    p.add_argument("--gpus-per-worker", type=float,
+                   help="GPUs per scoring actor (default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--no-generate", action="store_true", help="regression head only: fast, no rationales")
+    p.add_argument("--max-new-tokens", type=int, help="generation length (default: the model's)")
+    p.add_argument("--base-llm", help="base LLM directory, overriding the one recorded in the bundle")
 
 
 @command("serve", "host the scoring HTTP endpoint on Ray Serve", "mllm_dr.serving.app:main")

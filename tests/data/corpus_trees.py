@@ -6,7 +6,6 @@ Shared by tests/data/test_corpora_*.py and test_multisite.py. Everything is dete
 
 from __future__ import annotations
 
-import os
 import wave
 from pathlib import Path
 
@@ -37,7 +36,7 @@ DAIC_ITEMS = [c.replace("PHQ_8", "PHQ8_") for c in EDAIC_ITEMS]
 
 def write_wav(path: Path, seconds: float, freq: float = 220.0, rate: int = RATE) -> np.ndarray:
     """A real 16-bit PCM mono WAV of a sine tone; returns the samples as float32 in [-1, 1]."""
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
     path.parent.mkdir(parents=True, exist_ok=True)
     with wave.open(str(path), "wb") as f:
@@ -188,7 +187,7 @@ def cmdc_tree(root: Path, questions: int = 3, seconds: float = 1.0) -> dict:
             if not (subject == "MDD01" and q == 2):
                 write_wav(folder / f"Q{q}.wav", length, freq=300 + 20 * q)
             (folder / f"Q{q}.txt").write_text(f"第{q}个回答，我最近睡得不好。\n", encoding="utf-8")
-            write_frame_table(folder / f"Q{q}.csv", EDAIC_OPENFACE_COLUMNS[:10], int(round(length * 30)) + 2,
+            write_frame_table(folder / f"Q{q}.csv", EDAIC_OPENFACE_COLUMNS[:10], round(length * 30) + 2,
                               seed=q)
             durations[(subject, q)] = length
     write_csv(root / "labels.csv", ["subject_id", *[f"PHQ9_{i}" for i in range(1, 10)], "PHQ9_total"],
@@ -196,7 +195,3 @@ def cmdc_tree(root: Path, questions: int = 3, seconds: float = 1.0) -> dict:
                ["MDD02", 1, 1, 1, 1, 1, 1, 1, 1, 1, 9]])
     write_csv(root / "questions.csv", ["question", "text"], [[q, f"请谈谈第{q}个话题。"] for q in range(1, 13)])
     return {"durations": durations}
-
-
-def file_count(root: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(root))

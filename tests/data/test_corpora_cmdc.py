@@ -82,3 +82,4 @@ def test_unreadable_openface_is_a_load_error(tmp_path):
     item = get_format("cmdc").discover(resolve(str(tmp_path)), "b", PreprocessConfig())[0]
     with pytest.raises(UserError, match="Q1.csv: not an OpenFace table"):
         get_format("cmdc").load(item, PreprocessConfig())
+

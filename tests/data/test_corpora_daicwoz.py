@@ -73,3 +73,4 @@ def test_session_without_a_chosen_stream_has_no_visual_modality(tree):
 def test_corrupt_clnf_file_is_a_load_error(tree):
     with pytest.raises(UserError, match=r"311_CLNF_pose.txt: not an OpenFace table"):
         get_format("daicwoz").load(_by_id(tree)["311"], PreprocessConfig())
+

@@ -99,26 +99,3 @@ def test_empty_source_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no edaic participant folders"):
         get_format("edaic").discover(resolve(str(tmp_path)), "default", PreprocessConfig())
 
-
-def test_preprocess_end_to_end(tree, tmp_path, ray_local):
-    import json
-
-    from mllm_dr.data.preprocess import run_preprocess
-    from mllm_dr.data.records import read_records
-
-    root, written = tree
-    summary = run_preprocess([f"london=edaic:{root}"], str(tmp_path / "store"), PreprocessConfig(), progress=False)
-    assert (summary.ok, summary.error, summary.inputs) == (2, 4, 6)
-    records = {r.interview_id: r for r in read_records(resolve(str(tmp_path / "store")))}
-    assert sorted(records) == ["300", "301", "302", "303", "304", "305"]
-    first = records["300"]
-    assert first.ok and first.site == "london" and first.split == "train" and first.language == "en"
-    assert first.item_scores == written["items"][300] and first.total_score == 13
-    assert first.audio.shape[1] == 80 and first.audio_rate == 50.0
-    assert first.video.shape == (30, 2048) and first.video_rate == pytest.approx(15.0, rel=0.01)
-    assert first.encoders["video"]["name"] == "edaic-cnn-resnet" and len(first.source_sha256) == 64
-    assert first.source_uri.endswith("300_P/300_AUDIO.wav") and len(first.transcript) == 2
-    assert records["305"].status == "error" and "305_CNN_ResNet.mat" in records["305"].error
-    assert records["303"].error == "participant 303: 303_P.tar.gz is not unpacked"
-    manifest = json.loads((tmp_path / "store/manifest.json").read_text())
-    assert manifest["counts"]["by_site"] == {"london": {"ok": 2, "error": 4, "rows": 6}}

@@ -98,3 +98,4 @@ def test_missing_media_is_a_load_error_and_unknown_csv_columns_a_file_error(medi
         _discover(media / "typo.csv")
     with pytest.raises(UserError, match="no manifest.csv or manifest.jsonl"):
         _discover(media / "videos")
+

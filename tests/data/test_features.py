@@ -21,7 +21,7 @@ def tone(hz: float, seconds: float, amplitude: float = 0.5) -> np.ndarray:
     return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
-def frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+def frames(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
@@ -93,12 +93,12 @@ def test_torchvision_cnn_from_a_local_state_dict(tmp_path):
     trained = torchvision.models.resnet18(num_classes=7)  # a fine-tuned head of any width is ignored
     path = tmp_path / "resnet18.pth"
     torch.save(trained.state_dict(), path)
-    batch = frames(5)
+    batch = frames(3)
 
     encoder = build_visual_encoder(VisualEncoderConfig(arch="resnet18", weights=str(path), batch_size=2),
                                    device="cpu", frame_rate=2.0)
     features = encoder.encode(batch)
-    assert features.shape == (5, 512) and features.dtype == np.float16
+    assert features.shape == (3, 512) and features.dtype == np.float16
     expected = reference_embeddings(trained, batch)
     np.testing.assert_allclose(features.astype(np.float32), expected, rtol=1e-2, atol=1e-2)
     description = encoder.describe()
@@ -118,10 +118,10 @@ def test_torchvision_cnn_from_a_local_state_dict(tmp_path):
 
 
 def test_torchvision_random_init_is_seeded_and_batch_consistent():
-    batch = frames(5, seed=3)
-    one = build_visual_encoder(VisualEncoderConfig(batch_size=5, seed=7), device="cpu")
+    batch = frames(3, seed=3)
+    one = build_visual_encoder(VisualEncoderConfig(batch_size=3, seed=7), device="cpu")
     again = build_visual_encoder(VisualEncoderConfig(batch_size=2, seed=7), device="cpu")
-    other = build_visual_encoder(VisualEncoderConfig(batch_size=5, seed=8), device="cpu")
+    other = build_visual_encoder(VisualEncoderConfig(batch_size=3, seed=8), device="cpu")
     a, b, c = (e.encode(batch).astype(np.float32) for e in (one, again, other))
     np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3)
     assert not np.allclose(a, c, atol=1e-2)

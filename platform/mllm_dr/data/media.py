@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,7 @@ class MediaInfo:
     path: str
     format: str
     size_bytes: int
-    duration_s: float
+    duration_s: float  # 0.0 when the container does not declare one
     video_codec: str | None = None
     width: int = 0
     height: int = 0
@@ -82,12 +83,14 @@ def check_limits(info: MediaInfo, limits: MediaLimits) -> None:
     if info.size_bytes > limits.max_file_mb * _MiB:
         raise MediaError(f"file is {info.size_bytes / _MiB:.0f} MiB, above the limit of "
                          f"{limits.max_file_mb:g} MiB (media.limits.max_file_mb)")
-    if info.duration_s > limits.max_duration_s:
-        raise MediaError(f"declared duration {info.duration_s:.0f} s is above the limit of "
-                         f"{limits.max_duration_s:g} s (media.limits.max_duration_s)")
     if info.width > limits.max_width or info.height > limits.max_height:
         raise MediaError(f"declared resolution {info.width}x{info.height} is above the limit of "
                          f"{limits.max_width}x{limits.max_height} (media.limits.max_width/max_height)")
+    if info.duration_s <= 0:
+        raise MediaError(f"unknown or zero duration ({info.format} container); the file is probably truncated")
+    if info.duration_s > limits.max_duration_s:
+        raise MediaError(f"declared duration {info.duration_s:.0f} s is above the limit of "
+                         f"{limits.max_duration_s:g} s (media.limits.max_duration_s)")
 
 
 def decode(path: str, config: MediaConfig) -> DecodedMedia:
@@ -250,10 +253,10 @@ def _crash_reason(returncode: int, stderr: bytes) -> str:
 
 def _open(path: str) -> av.container.InputContainer:
     try:
-        size = os.path.getsize(path)
+        status = os.stat(path)
     except OSError as exc:
         raise MediaError(f"cannot read media file: {exc.strerror or exc}") from None
-    if size == 0:
+    if stat.S_ISREG(status.st_mode) and status.st_size == 0:
         raise MediaError("empty file (0 bytes)")
     try:
         return av.open(path, metadata_errors="ignore")
@@ -270,10 +273,7 @@ def _describe(container: av.container.InputContainer, path: str) -> MediaInfo:
     video = container.streams.video[0] if container.streams.video else None
     if audio is None and video is None:
         raise MediaError(f"no audio or video stream ({fmt} container)")
-    duration = _duration_s(container)
-    if duration is None or duration <= 0:
-        raise MediaError(f"unknown or zero duration ({fmt} container); the file is probably truncated")
-    fields = dict(path=path, format=fmt, size_bytes=size, duration_s=duration)
+    fields = dict(path=path, format=fmt, size_bytes=size, duration_s=_duration_s(container))
     if video is not None:
         rate = video.average_rate or video.guessed_rate or video.base_rate
         fields.update(video_codec=video.codec_context.name, width=video.codec_context.width,
@@ -284,12 +284,13 @@ def _describe(container: av.container.InputContainer, path: str) -> MediaInfo:
     return MediaInfo(**fields)
 
 
-def _duration_s(container: av.container.InputContainer) -> float | None:
+def _duration_s(container: av.container.InputContainer) -> float:
+    """The declared duration in seconds; 0.0 when the container does not say."""
     if container.duration is not None:
         return container.duration / av.time_base
     durations = [float(s.duration * s.time_base) for s in container.streams
                  if s.duration is not None and s.time_base is not None]
-    return max(durations) if durations else None
+    return max(durations, default=0.0)
 
 
 def _ffmpeg_reason(exc: av.FFmpegError) -> str:

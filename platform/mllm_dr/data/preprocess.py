@@ -31,7 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -39,7 +39,6 @@ import pyarrow.parquet as pq
 import mllm_dr
 from mllm_dr.config import PreprocessConfig, load_config
 from mllm_dr.data.corpora import get_format
-from mllm_dr.data.features import build_audio_encoder, build_visual_encoder
 from mllm_dr.data.media import MediaError
 from mllm_dr.data.records import (
     STATUS_ERROR,
@@ -51,9 +50,12 @@ from mllm_dr.data.records import (
 )
 from mllm_dr.data.sources import InterviewInput, RawInterview, parse_source
 from mllm_dr.data.splits import assign_splits
-from mllm_dr.data.transcripts import Turn, parse_transcript
+from mllm_dr.data.transcripts import Turn
 from mllm_dr.errors import UserError
 from mllm_dr.storage import S3_ENDPOINT_ENV, Location, resolve
+
+if TYPE_CHECKING:
+    from mllm_dr.data.features import AudioEncoder, VisualEncoder
 
 MANIFEST = "manifest.json"
 STATUS_SKIPPED = "skipped"  # in the run's summary only: already in the store with the same content hash
@@ -103,17 +105,22 @@ class FeatureEncoders:
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
-        self._audio = self._visual = None
+        self._audio: AudioEncoder | None = None
+        self._visual: VisualEncoder | None = None
 
     @property
-    def audio(self):
+    def audio(self) -> AudioEncoder:
         if self._audio is None:
+            from mllm_dr.data.features import build_audio_encoder  # torch: imported where encoding happens
+
             self._audio = build_audio_encoder(self.config.encoders.audio)
         return self._audio
 
     @property
-    def visual(self):
+    def visual(self) -> VisualEncoder:
         if self._visual is None:
+            from mllm_dr.data.features import build_visual_encoder
+
             self._visual = build_visual_encoder(self.config.encoders.visual, frame_rate=self.config.media.frame_rate)
         return self._visual
 
@@ -471,12 +478,10 @@ def run_preprocess(sources: list[str], out_uri: str, config: PreprocessConfig, o
 def _run_ray_pipeline(inputs: list[InterviewInput], store: Location, config: PreprocessConfig,
                       done: dict[str, str], overwrite: bool, run_id: str, progress: bool) -> list[dict[str, Any]]:
     import ray
-    from tqdm import tqdm
 
     started_ray = _ensure_ray()
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # one tqdm bar below, per interview, instead of one per operator
+        ray.data.DataContext.get_current().enable_progress_bars = progress  # Ray's per-stage interview counts
         encoder_workers = config.encoders.workers
         loaders = config.decode_workers or max(1, int(ray.cluster_resources().get("CPU", 1)) - encoder_workers)
         config_json = config.model_dump_json()
@@ -490,14 +495,8 @@ def _run_ray_pipeline(inputs: list[InterviewInput], store: Location, config: Pre
             EncodeStage, fn_constructor_kwargs={"config_json": config_json, "store": store, "run_id": run_id},
             compute=ray.data.ActorPoolStrategy(size=encoder_workers), batch_size=1, batch_format="numpy",
             num_cpus=1, **gpu_args)
-        summaries = []
-        with tqdm(total=len(items), desc="preprocess", unit="interview", disable=not progress,
-                  file=sys.stderr) as bar:
-            for row in dataset.iter_rows():
-                summaries.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()})
-                bar.set_postfix_str(f"{sum(r['status'] == STATUS_ERROR for r in summaries)} errors")
-                bar.update(1)
-        return summaries
+        return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+                for row in dataset.iter_rows()]
     finally:
         if started_ray:
             ray.shutdown()

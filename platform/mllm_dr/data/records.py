@@ -178,10 +178,15 @@ def records_dir(store: Location) -> Location:
     return store.join("records")
 
 
-def read_records(store: Location, columns: Sequence[str] | None = None) -> list[InterviewRecord]:
-    """All rows of a (small) store in memory; big stores are read with Ray Data instead."""
+def read_records(store: Location, columns: Sequence[str] | None = None,
+                 filters: list[tuple[str, str, Any]] | None = None) -> list[InterviewRecord]:
+    """All rows of a (small) store in memory; big stores are read with Ray Data instead.
+
+    ``filters`` (pyarrow's DNF, e.g. ``[("split", "in", ["test"])]``) skips other rows before decoding them.
+    """
     files = [f for f in records_dir(store).list_files() if f.path.endswith(".parquet")]
-    tables = [pq.read_table(f.path, filesystem=store.fs, columns=list(columns) if columns else None)
+    tables = [pq.read_table(f.path, filesystem=store.fs, columns=list(columns) if columns else None,
+                            filters=filters)
               for f in files]
     return [r for t in tables for r in table_to_records(t)]
 

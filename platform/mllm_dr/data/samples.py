@@ -116,10 +116,10 @@ _NUMBER_WORDS = {"zero": 0, "none": 0, "one": 1, "two": 2, "three": 3,
                  "零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3}
 _EN_SCORE = re.compile(
     r"\bscor(?:e|ed|ing)\b(?:\s*(?:is|of|was|would\s+be|should\s+be|=|:|-)\s*)*\s*(?:a\s+)?"
-    r"(zero|none|one|two|three|\d+(?:\.\d+)?)(?![\w.])", re.IGNORECASE)
+    r"(zero|none|one|two|three|\d+(?:\.\d+)?)(?!\w|\.\d)", re.IGNORECASE)
 _ZH_SCORE = re.compile(r"(?:评估结果|评分|得分|分数|评定)\s*(?:为|是|:)?\s*([零〇一二两三四五六七八九]|\d+(?:\.\d+)?)")
-_LEADING = re.compile(r"^\W*(zero|one|two|three|\d+(?:\.\d+)?|[零〇一二两三])(?![\w.])", re.IGNORECASE)
-_RATIONALE = {"en": re.compile(r"\brationale\s*:\s*", re.IGNORECASE), "zh": re.compile(r"评估理由\s*:\s*")}
+_LEADING = re.compile(r"^\W*(zero|one|two|three|\d+(?:\.\d+)?|[零〇一二两三])(?!\w|\.\d)", re.IGNORECASE)
+_RATIONALE = {"en": re.compile(r"\brationale\s*[:：]\s*", re.IGNORECASE), "zh": re.compile(r"评估理由\s*[:：]\s*")}
 
 
 def _score_value(token: str) -> int | None:
@@ -148,12 +148,11 @@ def parse_score(text: str, language: str = "en") -> int | None:
 
 def parse_rationale(text: str, language: str = "en") -> str:
     """The text after ``Rationale:`` / ``评估理由：``; the whole answer when the model wrote no such marker."""
-    normalized = unicodedata.normalize("NFKC", text)
     for lang in (language, *(other for other in _RATIONALE if other != language)):
-        match = _RATIONALE[lang].search(normalized)
+        match = _RATIONALE[lang].search(text)
         if match:
-            return normalized[match.end():].strip()
-    return normalized.strip()
+            return text[match.end():].strip()
+    return text.strip()
 
 
 # ---------------------------------------------------------------- tokenizer and chat frame
@@ -216,6 +215,7 @@ class ItemSample:
     target_ids: list[int]  # empty without a label (inference)
     score: int | None
     features: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> [T, D], placeholders present
+    modalities: list[str] = field(default_factory=list)  # what the prompt uses, e.g. ["audio", "text"]
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -376,7 +376,7 @@ class PromptBuilder:
             samples.append(ItemSample(
                 interview_key=record.key, item=index, language=prompt.language, prefix_ids=prompt.prefix_ids,
                 item_ids=self._encode(self.item_instruction(index, prompt.language) + frame.after_user),
-                target_ids=target_ids, score=score, features=prompt.features))
+                target_ids=target_ids, score=score, features=prompt.features, modalities=prompt.modalities))
         return samples
 
     def _labels(self, record: InterviewRecord) -> dict[str, int] | None:

@@ -15,9 +15,10 @@ Rules, in order:
    their own ``train`` / ``dev`` and the rest (no split, or their own ``test``) are hashed into train/dev with
    the train:dev ratio of ``split_fractions``.
 
-Interview ids are namespaced by site: ``(site, interview_id)`` must be unique, and subjects are site-scoped
-too (subject ``P1`` at two hospitals is two people). Inputs that break a rule get ``problem`` set, so they
-become error rows with a reason instead of vanishing.
+Interview ids are namespaced by site: ``(site, interview_id)`` must be unique (a clash stops the run before
+any work: it is the store's key), and subjects are site-scoped too (subject ``P1`` at two hospitals is two
+people). Inputs with an unknown split name or a subject in two splits get ``problem`` set, so they become
+error rows with a reason instead of vanishing.
 """
 
 from __future__ import annotations
@@ -51,13 +52,10 @@ def assign_splits(inputs: list[InterviewInput], config: PreprocessConfig) -> lis
     if held_out is not None and held_out not in {item.site for item in inputs}:
         sites = ", ".join(sorted({item.site for item in inputs})) or "none"
         raise UserError(f"corpus.leave_site_out={held_out!r} is not a site of this run (sites: {sites})")
-    duplicates = _flag_duplicates(inputs)
+    _check_unique(inputs)
 
     subjects: dict[tuple[str, str], list[InterviewInput]] = defaultdict(list)
     for item in inputs:
-        if id(item) in duplicates:
-            item.split = None
-            continue
         try:
             item.split = normalize_split(item.split)
         except UserError as exc:
@@ -110,19 +108,17 @@ def _check_fractions(fractions: tuple[float, float, float]) -> tuple[float, floa
     return fractions
 
 
-def _flag_duplicates(inputs: list[InterviewInput]) -> set[int]:
-    """The second and later inputs with the same ``site/interview_id`` become error rows naming the first.
-
-    Returns their ``id()`` so that they take no part in the subject grouping (a duplicate must not drag
-    the first interview into a split conflict).
-    """
+def _check_unique(inputs: list[InterviewInput]) -> None:
+    """``site/interview_id`` is the store's key: two inputs with one key would make two rows that claim to be
+    the same interview, so the run stops before any work, naming the clash."""
     first: dict[str, InterviewInput] = {}
-    duplicates = set()
+    clashes = []
     for item in inputs:
         if item.key in first:
-            item.problem = (f"duplicate interview id {item.interview_id!r} in site {item.site!r} "
-                            f"(already from {first[item.key].source_uri})")
-            duplicates.add(id(item))
+            clashes.append(f"{item.key} ({first[item.key].source_uri} and {item.source_uri})")
         else:
             first[item.key] = item
-    return duplicates
+    if clashes:
+        more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
+        raise UserError(f"interview ids must be unique within a site: {clashes[0]}{more}; "
+                        "give each --source its own SITE= name, or fix the duplicate ids")

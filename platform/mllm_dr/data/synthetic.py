@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import os
 import struct
@@ -102,7 +103,7 @@ def synthesize(out_uri: str, interviews: int = 8, seed: int = 0, seconds: float 
     out = resolve(out_uri)
     out.makedirs()
     prefix = site or "synth"
-    site_key = sum(site.encode()) if site else 0
+    site_key = int.from_bytes(hashlib.sha256(site.encode()).digest()[:4], "big") if site else 0
     splits = _assign_splits(interviews, np.random.default_rng([seed, site_key, 1]))
     made = []
     for index in range(interviews):

@@ -154,6 +154,14 @@ class RegressionHead(nn.Module):
         return self.mlp(pooled).squeeze(-1).float()
 
 
+def final_item_score(generated: int | None, regression: float) -> int:
+    """The generated score when the answer had a valid one, else the regression's, clipped to 0-3 and rounded
+    half up (1.5 -> 2, as a clinician would read it)."""
+    if generated is not None:
+        return generated
+    return int(math.floor(min(max(regression, 0.0), float(MAX_ITEM_SCORE)) + 0.5))
+
+
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype is None:
         return torch.float32
@@ -374,11 +382,11 @@ class MultimodalScorer(nn.Module):
             clipped = min(max(predicted, 0.0), float(MAX_ITEM_SCORE))
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() if generate else ""
             generated = parse_score(text, prompt.language) if generate else None
-            final = generated if generated is not None else int(math.floor(clipped + 0.5))
+            final = final_item_score(generated, predicted)
             rationale = (parse_rationale(text, prompt.language) if text
                          else template_rationale(item, final, prompt.language))
             items.append(ItemScore(sample.item + 1, item.key, item.name[prompt.language], final, generated,
-                                   round(clipped, 4), rationale, text))
+                                   clipped, rationale, text))
         total = sum(i.score for i in items)
         return InterviewScore(
             record.interview_id, record.site, self.questionnaire.id, items, total,
@@ -421,7 +429,7 @@ class MultimodalScorer(nn.Module):
         if max_new_tokens <= 0:
             return regression, generated
 
-        stop_ids = torch.tensor(sorted(self._stop_token_ids()), device=device)
+        stop_ids = torch.tensor(sorted(self.stop_token_ids()), device=device)
         active = torch.arange(n, device=device)  # rows of the batch -> item index
         logits = lm_head(item_hidden[:, -1])
         next_position = positions[:, -1] + 1
@@ -448,7 +456,7 @@ class MultimodalScorer(nn.Module):
         stops = set(stop_ids.tolist())
         return regression, [ids[:-1] if ids and ids[-1] in stops else ids for ids in generated]
 
-    def _stop_token_ids(self) -> set[int]:
+    def stop_token_ids(self) -> set[int]:
         """EOS ids of the tokenizer and generation config, plus the token that closes an assistant turn."""
         ids = {self.tokenizer.eos_token_id}
         configured = self.causal_lm.generation_config.eos_token_id

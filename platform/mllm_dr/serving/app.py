@@ -5,10 +5,11 @@
 blocks until Ctrl-C. The ingress authenticates, reads and checks the request, and then hands media to the
 preprocessor and records to the scorer through deployment handles. Its access log is its own: method,
 path, status, latency and the assessment id, nothing from the request body.
+
+Serve serializes a deployment class when it is decorated, so every helper its methods use is defined above it.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations at runtime.
 import argparse
 import asyncio
 import logging
@@ -27,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from mllm_dr import __version__
 from mllm_dr.data.records import InterviewRecord
 from mllm_dr.errors import UserError
-from mllm_dr.questionnaires import ANCHORS
+from mllm_dr.data.samples import LANGUAGES
 from mllm_dr.serving.api import (
     OPENAPI_REQUEST_BODY,
     Assessment,
@@ -89,6 +90,12 @@ class AccessLog:
 
 
 app.add_middleware(AccessLog)
+
+
+def _raise_for_status(outcome: Outcome) -> Outcome:
+    if not outcome.ok:
+        raise HTTPException(outcome.status, outcome.reason)
+    return outcome
 
 
 @serve.deployment(name="Ingress")
@@ -156,8 +163,8 @@ class Ingress:
         if questionnaire != model["questionnaire"]:
             raise HTTPException(422, f"this model scores {model['questionnaire']}, not {parsed.questionnaire!r}")
         language = (parsed.language or model["language"]).lower()
-        if language not in ANCHORS:
-            raise HTTPException(422, f"unsupported language {parsed.language!r} (supported: {', '.join(ANCHORS)})")
+        if language not in LANGUAGES:
+            raise HTTPException(422, f"unsupported language {parsed.language!r} (supported: {', '.join(LANGUAGES)})")
         if parsed.video_uri:
             try:
                 local = local_video_path(parsed.video_uri, self.limits.local_video_roots)
@@ -184,12 +191,6 @@ class Ingress:
         scored = _raise_for_status(await self.scorer.score.remote(record))
         timing_ms["score"] = round((time.perf_counter() - started) * 1000, 1)
         return scored.value, timing_ms
-
-
-def _raise_for_status(outcome: Outcome) -> Outcome:
-    if not outcome.ok:
-        raise HTTPException(outcome.status, outcome.reason)
-    return outcome
 
 
 def build_app(args: dict[str, Any]) -> Application:

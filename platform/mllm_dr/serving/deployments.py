@@ -6,6 +6,8 @@ input. The preprocessor runs the pipeline's own ``process_video`` (decode isolat
 a crashing file costs a child, never the replica). The scorer batches interviews across requests with
 ``@serve.batch`` and runs each batch in a worker thread, so the replica keeps accepting the next batch and
 answering health checks while the model works.
+
+Serve serializes a deployment class when it is decorated, so every helper its methods use is defined above it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Histogram
 
-from mllm_dr.data.preprocess import process_video
+from mllm_dr.data.preprocess import process_video, sha256_file
 from mllm_dr.data.records import InterviewRecord
 from mllm_dr.data.synthetic import write_recording
 from mllm_dr.data.transcripts import PARTICIPANT, Turn
@@ -64,6 +66,55 @@ class Outcome:
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+class _TooLarge(Exception):
+    """A referenced video above the upload limit (413, like an upload)."""
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def _write_private(path: Path, data: bytes) -> Path:
+    with open(path, "wb", opener=_private_opener) as f:
+        f.write(data)
+    return path
+
+
+def _probe_recording() -> bytes:
+    """A one-second grey clip with a quiet tone: enough to run the decoder and both encoders."""
+    with private_tempdir() as folder:
+        path = folder / "probe.mp4"
+        tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000)).astype(np.float32)
+        write_recording(str(path), 1.0, video=lambda t: np.full((64, 64, 3), 128, np.uint8), fps=5, audio=tone,
+                        audio_rate=16_000, width=64, height=64)
+        return path.read_bytes()
+
+
+def describe_bundle(bundle_dir: str, model: Any) -> dict[str, Any]:
+    """What ``GET /v1/model`` shows: name and version from the bundle's training metadata when it has them,
+    else the folder name and a digest of the multimodal weights (which change with every training run)."""
+    from mllm_dr.model.bundle import MULTIMODAL_WEIGHTS, read_bundle_description
+
+    description = read_bundle_description(bundle_dir)
+    metadata = description.get("metadata") or {}
+    version = metadata.get("version")
+    if not version:
+        version = f"sha256-{sha256_file(str(Path(bundle_dir) / MULTIMODAL_WEIGHTS))[:12]}"
+    return {
+        "name": str(metadata.get("name") or Path(bundle_dir).resolve().name),
+        "version": str(version),
+        "questionnaire": model.questionnaire.id,
+        "language": metadata.get("language") or model.config.prompt.language or "en",
+        "base_llm": model.base_llm_dir,
+        "feature_dims": dict(model.feature_dims),
+    }
+
+
+def _probe_record() -> InterviewRecord:
+    return InterviewRecord(interview_id="health-probe",
+                           transcript=[Turn(0.0, 2.0, PARTICIPANT, "I have been sleeping well.")])
 
 
 @serve.deployment(name="Preprocessor")
@@ -123,30 +174,6 @@ class Preprocessor:
             raise RuntimeError(f"the preprocessing probe failed: {outcome.reason}")
 
 
-class _TooLarge(Exception):
-    pass
-
-
-def _private_opener(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
-
-
-def _write_private(path: Path, data: bytes) -> Path:
-    with open(path, "wb", opener=_private_opener) as f:
-        f.write(data)
-    return path
-
-
-def _probe_recording() -> bytes:
-    """A one-second grey clip with a quiet tone: enough to run the decoder and both encoders."""
-    with private_tempdir() as folder:
-        path = folder / "probe.mp4"
-        tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000)).astype(np.float32)
-        write_recording(str(path), 1.0, video=lambda t: np.full((64, 64, 3), 128, np.uint8), fps=5, audio=tone,
-                        audio_rate=16_000, width=64, height=64)
-        return path.read_bytes()
-
-
 class BatchStats:
     """How full the scorer's batches are: the evidence that batching happens (and a tuning aid)."""
 
@@ -180,8 +207,9 @@ class Scorer:
 
         options = config.scorer
         device = "cuda" if options.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        dtype = getattr(torch, options.dtype) if options.dtype else None
-        self.model = load_bundle(config.model.bundle, base_llm_dir=config.model.base_llm, device=device, dtype=dtype)
+        self.model = load_bundle(config.model.bundle, base_llm_dir=config.model.base_llm, device=device,
+                                 dtype=options.dtype)
+        self.description = describe_bundle(config.model.bundle, self.model)
         self.options = options
         self.stats = BatchStats()
         self._lock = threading.Lock()  # one model call at a time: batches and health probes take turns
@@ -191,8 +219,24 @@ class Scorer:
         self.score_batch.set_max_batch_size(options.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
+    def describe(self) -> dict[str, Any]:
+        return self.description
+
     async def score(self, record: InterviewRecord) -> Outcome:
+        mismatch = self._feature_mismatch(record)
+        if mismatch:
+            logger.error("assessment %s: %s", record.interview_id, mismatch)
+            return Outcome(status=500, reason=f"server misconfigured: {mismatch}")
         return await self.score_batch(record)
+
+    def _feature_mismatch(self, record: InterviewRecord) -> str | None:
+        """The serving preprocessing must make the features the model was trained on."""
+        for modality, expected in self.model.feature_dims.items():
+            features = getattr(record, modality)
+            if features is not None and features.shape[-1] != expected:
+                return (f"the preprocessor makes {features.shape[-1]}-dim {modality} features, the model reads "
+                        f"{expected}-dim ones (preprocessor.pipeline must match the training store's)")
+        return None
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def score_batch(self, records: list[InterviewRecord]) -> list[Outcome]:
@@ -244,8 +288,3 @@ class Scorer:
     def _probe(self) -> None:
         with self._model_call():
             self.model.score([_probe_record()], generate=False)
-
-
-def _probe_record() -> InterviewRecord:
-    return InterviewRecord(interview_id="health-probe",
-                           transcript=[Turn(0.0, 2.0, PARTICIPANT, "I have been sleeping well.")])

@@ -73,7 +73,7 @@ def read_mat_matrix(location: Location, key: str) -> np.ndarray:
             if h5py.is_hdf5(path):
                 with h5py.File(path, "r") as mat:
                     if key not in mat:
-                        found = ", ".join(sorted(k for k in mat.keys() if not k.startswith("#"))) or "none"
+                        found = ", ".join(sorted(k for k in mat if not k.startswith("#"))) or "none"
                         raise UserError(f"{name}: no variable {key!r} (found: {found})")
                     matrix = np.asarray(mat[key][()]).T
             else:
@@ -83,7 +83,7 @@ def read_mat_matrix(location: Location, key: str) -> np.ndarray:
                 matrix = np.asarray(variables[key])
     except UserError:
         raise
-    except Exception as exc:  # scipy and h5py fail on damaged files with all kinds (IndexError, OSError...)
+    except Exception as exc:  # noqa: BLE001 - scipy and h5py fail on damaged files with any kind of error
         raise UserError(f"{name}: not a readable MATLAB file ({type(exc).__name__})") from None
     if matrix.ndim != 2 or matrix.shape[0] == 0 or not np.issubdtype(matrix.dtype, np.number):
         raise UserError(f"{name}: {key!r} is not a non-empty 2-D numeric matrix (shape {matrix.shape})")

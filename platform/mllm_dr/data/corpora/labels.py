@@ -17,9 +17,9 @@ from mllm_dr.errors import UserError
 from mllm_dr.questionnaires import PHQ8, Questionnaire
 from mllm_dr.storage import Location
 
-# PHQ-8 item columns of E-DAIC / DAIC-WOZ (normalised), keyed by the questionnaire's own item keys, so the
-# item order of a record is always the questionnaire's, whatever the column order of the file.
-PHQ8_ITEM_COLUMNS = {
+# PHQ-8 item columns of E-DAIC / DAIC-WOZ (normalised), keyed by the questionnaire's own item keys; the
+# column list is then taken in the questionnaire's item order, whatever the column order of the file.
+_PHQ8_COLUMN_BY_ITEM = {
     "interest": "phq8nointerest",
     "mood": "phq8depressed",
     "sleep": "phq8sleep",
@@ -29,7 +29,7 @@ PHQ8_ITEM_COLUMNS = {
     "concentration": "phq8concentrating",
     "psychomotor": "phq8moving",
 }
-assert tuple(PHQ8_ITEM_COLUMNS) == tuple(item.key for item in PHQ8.items)
+PHQ8_ITEM_COLUMNS = [_PHQ8_COLUMN_BY_ITEM[item.key] for item in PHQ8.items]
 BLANKS = {"", "na", "n/a", "nan", "none", "null", "-"}
 
 
@@ -38,15 +38,17 @@ def normalize_header(name: str) -> str:
 
 
 def read_table(location: Location) -> list[dict[str, str]]:
-    """Rows of a small CSV/TSV with normalised headers and stripped values; the delimiter is sniffed."""
+    """Rows of a small CSV/TSV with normalised headers and stripped values.
+
+    The delimiter is the one of ``,`` / tab / ``;`` the header line holds most of (headers never contain
+    one), which is steadier than sniffing values that may themselves hold commas.
+    """
     text = location.read_text().lstrip("\ufeff")
     if not text.strip():
         raise UserError(f"{location.uri}: empty table")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    header_line = text.lstrip().splitlines()[0]
+    delimiter = max(",\t;", key=header_line.count)
+    reader = csv.reader(io.StringIO(text.lstrip()), delimiter=delimiter)
     header = [normalize_header(h) for h in next(reader)]
     rows = []
     for values in reader:

@@ -26,7 +26,6 @@ from mllm_dr.storage import Location, resolve
 _FOLDER = re.compile(r"^(\d+)_P$", re.IGNORECASE)
 _ARCHIVE = re.compile(r"^(\d+)_P\.(zip|tar|tar\.gz|tgz)$", re.IGNORECASE)
 PARTICIPANT_COLUMNS = ("participantid", "participant")
-ITEM_COLUMNS = list(PHQ8_ITEM_COLUMNS.values())
 
 
 @dataclass
@@ -89,18 +88,21 @@ def load_audio_and_transcript(item: InterviewInput, config: PreprocessConfig) ->
 
 
 def scan(root: Location, files: list[Location]) -> dict[str, Participant]:
-    """Group a recursive listing into participants by their ``<id>_P`` folder (ids as strings, no zeros added)."""
+    """Group a recursive listing into participants by their ``<id>_P`` folder (ids as label files write them:
+    decimal, no leading zeros)."""
     found: dict[str, Participant] = {}
     for file in files:
         parts = posixpath.relpath(file.path, root.path).split("/")
         packed = _ARCHIVE.match(parts[-1])
         if packed:
-            found.setdefault(packed.group(1), Participant(packed.group(1))).archive = file
+            pid = str(int(packed.group(1)))
+            found.setdefault(pid, Participant(pid)).archive = file
             continue
         for depth, part in enumerate(parts[:-1]):
             match = _FOLDER.match(part)
             if match:
-                person = found.setdefault(match.group(1), Participant(match.group(1)))
+                pid = str(int(match.group(1)))
+                person = found.setdefault(pid, Participant(pid))
                 person.folder = person.folder or Location(root.fs, posixpath.join(root.path, *parts[: depth + 1]),
                                                           root.protocol)
                 person.files["/".join(parts[depth + 1:]).lower()] = file
@@ -145,7 +147,7 @@ def add_item_labels(labels: dict[str, Labels], problems: dict[str, str], table: 
     for pid, row in _rows_with_ids(table):
         what = f"{posixpath.basename(table.path)}, participant {pid}"
         try:
-            items = item_scores(row, ITEM_COLUMNS, PHQ8, what)
+            items = item_scores(row, PHQ8_ITEM_COLUMNS, PHQ8, what)
             total = total_score(row, total_columns, PHQ8, what)
         except UserError as exc:
             problems.setdefault(pid, str(exc))
@@ -178,7 +180,7 @@ def _merge(pid: str, rows: list[tuple[str, str, dict[str, str]]], total_columns:
         what = f"{name}, participant {pid}"
         if merged.split is not None and merged.split != split:
             raise UserError(f"participant {pid} is listed in both {merged.source} and {name}")
-        items = item_scores(row, ITEM_COLUMNS, PHQ8, what)
+        items = item_scores(row, PHQ8_ITEM_COLUMNS, PHQ8, what)
         total = total_score(row, total_columns, PHQ8, what)
         if merged.total_score is not None and total is not None and total != merged.total_score:
             raise UserError(f"participant {pid}: PHQ total {merged.total_score} in {merged.source}, {total} in {name}")
