@@ -49,7 +49,8 @@ class Head:
     root: Path
 
     def client_env(self, **extra: str) -> dict[str, str]:
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path), **extra}
+        """Token auth from this head's token file (an empty RAY_AUTH_TOKEN is ignored, a set one would win)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(self.token_path), **extra}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def _stop(head: subprocess.Popen) -> None:
     """SIGTERM makes `ray start --block` stop the processes it started; then clear our process group only."""
     head.send_signal(signal.SIGTERM)
     try:
-        head.wait(timeout=60)
+        head.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pass
     try:
@@ -176,3 +177,16 @@ def test_without_wait_prints_the_id_and_returns(cli, ray_head, tmp_path):
         time.sleep(1)
     assert status == "SUCCEEDED", requests.get(f"{job}/logs", headers=auth, timeout=5).json()["logs"][-2000:]
     assert (tmp_path / "raw" / "labels.csv").exists()
+
+
+def test_wait_is_bounded_by_timeout(cli, ray_head, tmp_path):
+    result = cli("submit", str(REPO / "jobs" / "preprocess.yaml"), "--address", ray_head.address, "--wait",
+                 "--timeout", "0.5", "--set", "runtime_env.pip=null",
+                 "--set", f"entrypoint=mllm-dr synth --out {tmp_path}/raw --interviews 4 --seconds 20",
+                 env=ray_head.client_env())
+    assert result.returncode == 3, result.stderr
+    assert "it keeps running" in result.stderr.strip().splitlines()[-1]
+    submission_id = result.stdout.splitlines()[0]
+    stop = requests.post(f"{ray_head.address}/api/jobs/{submission_id}/stop", timeout=10,
+                         headers={"Authorization": f"Bearer {ray_head.token_path.read_text()}"})
+    assert stop.status_code == 200

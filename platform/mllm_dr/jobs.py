@@ -151,11 +151,11 @@ class JobSpec(StrictModel):
             args += ["--runtime-env-json", json.dumps(runtime_env, separators=(",", ":"))]
         if self.metadata:
             args += ["--metadata-json", json.dumps(self.metadata, separators=(",", ":"))]
-        for flag, value in (("--entrypoint-num-cpus", self.entrypoint_num_cpus),
-                            ("--entrypoint-num-gpus", self.entrypoint_num_gpus),
-                            ("--entrypoint-memory", self.entrypoint_memory)):
-            if value:
-                args += [flag, f"{value:g}"]
+        for flag, value in (("--entrypoint-num-cpus", f"{self.entrypoint_num_cpus:g}"),
+                            ("--entrypoint-num-gpus", f"{self.entrypoint_num_gpus:g}"),
+                            ("--entrypoint-memory", str(self.entrypoint_memory))):
+            if value != "0":
+                args += [flag, value]
         if self.entrypoint_resources:
             args += ["--entrypoint-resources", json.dumps(self.entrypoint_resources, separators=(",", ":"))]
         return shlex.join(args) + " -- " + self.entrypoint
@@ -211,6 +211,8 @@ def connect(address: str):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    if not address.startswith(("http://", "https://")):
+        raise UserError(f"--address {address}: expected the Jobs API URL of the head, e.g. http://127.0.0.1:8265")
     try:
         with _explicit_address():
             return JobSubmissionClient(address)

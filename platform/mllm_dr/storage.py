@@ -147,7 +147,8 @@ def _guard(call: Any, *args: Any, **kwargs: Any) -> Any:
         raise UserError(f"access denied: {args[0] if args else ''} ({_first_line(exc)})") from exc
     except Exception as exc:  # botocore's credential and endpoint errors have no common base we can import lazily
         name = type(exc).__name__
-        if name in ("NoCredentialsError", "PartialCredentialsError", "ClientError", "EndpointConnectionError"):
+        if name in ("NoCredentialsError", "PartialCredentialsError", "ClientError", "EndpointConnectionError",
+                    "ProfileNotFound"):
             raise UserError(f"S3 error on {args[0] if args else ''}: {name}: {_first_line(exc)}") from exc
         raise
 

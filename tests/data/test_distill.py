@@ -164,21 +164,28 @@ def score_one_teacher(tiny_llm, tmp_path_factory):
     frame = ChatFrame.from_tokenizer(tokenizer, requests[0].system)
     answer = tokenizer("Score: 1\nRationale: It happened on several days." + frame.after_answer,
                        add_special_tokens=False)["input_ids"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for step in range(60):
-        batch = [requests[i] for i in torch.randperm(len(requests))[:4].tolist()]
-        losses = []
-        for request in batch:
-            prompt = tokenizer(frame.before_user + request.user + frame.after_user,
-                               add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + answer])
-            labels = ids.clone()
-            labels[0, : len(prompt)] = -100
-            losses.append(model(input_ids=ids, labels=labels).loss)
-        optimizer.zero_grad()
-        torch.stack(losses).mean().backward()
-        optimizer.step()
+    # A few prompts suffice: the answer follows the same assistant header in every prompt.
+    prompts = [tokenizer(frame.before_user + r.user + frame.after_user, add_special_tokens=False)["input_ids"]
+               for r in requests[::6]]
+    length = max(map(len, prompts)) + len(answer)
+    ids = torch.full((len(prompts), length), tokenizer.eos_token_id)
+    labels = torch.full((len(prompts), length), -100)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        labels[row, len(prompt): len(prompt) + len(answer)] = torch.tensor(answer)
+        mask[row, : len(prompt) + len(answer)] = 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the shared CI cores: one thread is faster than two contended ones
+    try:
+        for _ in range(80):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(root / "teacher")
     tokenizer.save_pretrained(root / "teacher")
     return str(root / "teacher"), store

@@ -25,7 +25,7 @@ SIZE = 32
 
 
 def counting_frame(t: float) -> np.ndarray:
-    return np.full((120, 160, 3), 12 * int(round(t * FPS)), np.uint8)
+    return np.full((120, 160, 3), 12 * round(t * FPS), np.uint8)
 
 
 def tone(rate: int) -> np.ndarray:

@@ -213,7 +213,7 @@ def test_cli_empty_source(cli, tmp_path):
 def test_cli_missing_s3_credentials(cli, s3_server, tmp_path):
     bucket = s3_server.make_bucket("locked")
     no_credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
-                      "AWS_PROFILE": "", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                      "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
                       "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"}
     result = cli("preprocess", "--source", f"{bucket}/videos", "--out", str(tmp_path / "store"), env=no_credentials)
     assert result.returncode == 2 and "NoCredentialsError" in result.stderr

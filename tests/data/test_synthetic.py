@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 
 import numpy as np
 import pytest
@@ -39,7 +40,8 @@ def test_writes_real_h264_aac_files_transcripts_and_labels(interviews):
     info = probe(str(folder / "synth-000.mp4"))
     assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 160, 120)
     assert info.duration_s == pytest.approx(SECONDS, abs=0.1)
-    rows = list(csv.DictReader(open(folder / "labels.csv")))
+    with open(folder / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [r["interview_id"] for r in rows] == [m.interview_id for m in made]
     for row, item in zip(rows, made):
         assert [int(row[k]) for k in ITEM_KEYS] == item.item_scores
@@ -53,7 +55,7 @@ def test_transcript_alternates_speakers_and_carries_the_text_items(interviews):
     for item in made:
         turns = parse_transcript(str(folder / f"{item.interview_id}.csv"))
         assert [t.speaker for t in turns] == [INTERVIEWER, PARTICIPANT] * (len(turns) // 2)
-        assert all(a.end <= b.start for a, b in zip(turns, turns[1:]))
+        assert all(a.end <= b.start for a, b in itertools.pairwise(turns))
         answers = [t.text for t in turns if t.speaker == PARTICIPANT]
         for key, answer in zip(TEXT_ITEMS, answers):
             assert ANSWERS[key].index(answer) == item.score(key)

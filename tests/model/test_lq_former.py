@@ -14,7 +14,7 @@ def expected_parameters(config: LQFormerConfig, feature_dim: int, width: int) ->
     ffn = config.ffn_dim or 4 * width
     attention = 4 * (width * width + width)  # q, k, v, out projections with bias
     layer = 2 * attention + (width * ffn + ffn) + (ffn * width + width) + 3 * 2 * width  # + 3 LayerNorms
-    total = config.num_queries * width + 2 * width + config.num_layers * layer  # queries, input norm, layers
+    total = config.num_queries * width + config.num_layers * layer
     total += (feature_dim * width + width) if width != feature_dim else 0  # input projection
     total += 2 * width if config.norm_first else 0  # final norm (pre-norm only)
     return total

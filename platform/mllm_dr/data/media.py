@@ -204,7 +204,7 @@ def decode_isolated(path: str, config: MediaConfig) -> DecodedMedia:
     with tempfile.TemporaryDirectory(prefix="mllm-dr-decode-") as workdir:
         command = [sys.executable, "-m", "mllm_dr.data.media", path, config.model_dump_json(), workdir]
         try:
-            child = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            child = subprocess.run(command, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, timeout=timeout, start_new_session=True)
         except subprocess.TimeoutExpired:
             raise MediaError(f"decoding did not finish within {timeout:g} s "
@@ -273,7 +273,7 @@ def _describe(container: av.container.InputContainer, path: str) -> MediaInfo:
     video = container.streams.video[0] if container.streams.video else None
     if audio is None and video is None:
         raise MediaError(f"no audio or video stream ({fmt} container)")
-    fields = dict(path=path, format=fmt, size_bytes=size, duration_s=_duration_s(container))
+    fields = {"path": path, "format": fmt, "size_bytes": size, "duration_s": _duration_s(container)}
     if video is not None:
         rate = video.average_rate or video.guessed_rate or video.base_rate
         fields.update(video_codec=video.codec_context.name, width=video.codec_context.width,

@@ -30,7 +30,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,9 +127,9 @@ class FeatureEncoders:
     def record(self, loaded: Loaded) -> InterviewRecord:
         """The feature-store row of one loaded interview (an error row when loading or encoding failed)."""
         item = loaded.item
-        fields = dict(site=item.site, split=item.split, language=item.language, questionnaire=item.questionnaire,
-                      item_scores=item.item_scores, total_score=item.total_score, source_uri=item.source_uri,
-                      source_sha256=loaded.sha256)
+        fields = {"site": item.site, "split": item.split, "language": item.language,
+                  "questionnaire": item.questionnaire, "item_scores": item.item_scores,
+                  "total_score": item.total_score, "source_uri": item.source_uri, "source_sha256": loaded.sha256}
         if loaded.status == STATUS_ERROR or loaded.raw is None:
             return InterviewRecord.failed(item.interview_id, loaded.error or "not loaded", **fields)
         raw = loaded.raw
@@ -277,9 +277,8 @@ def _batch_rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
 
 def _column(values: list[Any]) -> Any:
     """A list of same-shaped arrays stacks; anything else stays a list (Ray Data takes both)."""
-    if values and all(isinstance(v, np.ndarray) for v in values):
-        if len({v.shape for v in values}) == 1:
-            return np.stack(values)
+    if values and all(isinstance(v, np.ndarray) for v in values) and len({v.shape for v in values}) == 1:
+        return np.stack(values)
     return values
 
 
@@ -349,7 +348,7 @@ def code_version() -> dict[str, str | None]:
     commit = None
     try:
         result = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(mllm_dr.__file__)), "rev-parse",
-                                 "HEAD"], capture_output=True, text=True, timeout=10)
+                                 "HEAD"], check=False, capture_output=True, text=True, timeout=10)
         commit = result.stdout.strip() or None if result.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
@@ -373,8 +372,12 @@ def _counts(rows: list[StoredRow]) -> dict[str, Any]:
     total = Counter()
     for counter in by_site.values():
         total.update(counter)
-    shape = lambda c: {STATUS_OK: c[STATUS_OK], STATUS_ERROR: c[STATUS_ERROR], "rows": sum(c.values())}  # noqa: E731
-    return {"total": shape(total), "by_site": {site: shape(c) for site, c in sorted(by_site.items())}}
+    return {"total": _status_counts(total),
+            "by_site": {site: _status_counts(c) for site, c in sorted(by_site.items())}}
+
+
+def _status_counts(counter: Counter) -> dict[str, int]:
+    return {STATUS_OK: counter[STATUS_OK], STATUS_ERROR: counter[STATUS_ERROR], "rows": sum(counter.values())}
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -439,7 +442,7 @@ def run_preprocess(sources: list[str], out_uri: str, config: PreprocessConfig, o
         existing = []
     done = {row.key: row.sha256 for row in existing if row.status == STATUS_OK}  # the latest row of a key wins
 
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     summaries = _run_ray_pipeline(inputs, store, config, done, overwrite, run_id, progress)
 
     written = {row["key"] for row in summaries if row["status"] != STATUS_SKIPPED}
@@ -530,7 +533,7 @@ def _remove_all(store: Location, rows: list[StoredRow]) -> None:
 def _write_manifest(store: Location, config: PreprocessConfig, sources: list[str], summary: PreprocessSummary,
                     previous: dict[str, Any] | None) -> None:
     rows = scan_store(store)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = {
         "format_version": 1,
         "created": (previous or {}).get("created", now),

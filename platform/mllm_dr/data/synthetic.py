@@ -143,7 +143,7 @@ def write_recording(path: str, seconds: float, *, video: Callable[[float], np.nd
             vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
         if audio is not None:
             astream = container.add_stream(audio_codec, rate=audio_rate, layout="mono")
-        n_frames = int(round(seconds * fps))
+        n_frames = round(seconds * fps)
         n_samples = len(audio) if audio is not None else 0
         for second in range(int(np.ceil(seconds))):
             if vstream is not None:
@@ -192,7 +192,7 @@ def _script(scores: list[int], seconds: float) -> list[tuple[float, float, str, 
 def _voice(scores: list[int], turns: list[tuple[float, float, str, str]], seconds: float, rate: int,
            rng: np.random.Generator) -> np.ndarray:
     """Harmonic 'speech' with a 4 Hz syllable envelope in each turn, over faint room noise."""
-    wave = rng.normal(0, 0.002, int(round(seconds * rate))).astype(np.float32)
+    wave = rng.normal(0, 0.002, round(seconds * rate)).astype(np.float32)
     pitch = VOICE_PITCH_HZ[scores[ITEM_KEYS.index("mood")]]
     level = VOICE_LEVEL[scores[ITEM_KEYS.index("energy")]]
     for start, end, speaker, _ in turns:
@@ -215,7 +215,7 @@ def _scene(scores: list[int], width: int, height: int, rng: np.random.Generator)
 
     def frame(t: float) -> np.ndarray:
         image = background.copy()
-        x = int(round(width / 2 + swing * np.sin(2 * np.pi * MOTION_HZ * t + phase) - side / 2))
+        x = round(width / 2 + swing * np.sin(2 * np.pi * MOTION_HZ * t + phase) - side / 2)
         y = (height - side) // 2
         image[y:y + side, max(x, 0):max(x + side, 0)] = FACE_COLOUR
         return image
@@ -225,7 +225,7 @@ def _scene(scores: list[int], width: int, height: int, rng: np.random.Generator)
 
 def _assign_splits(n: int, rng: np.random.Generator) -> list[str]:
     """Shuffled train/dev/test with every split present once there are three interviews."""
-    counts = [int(round(f * n)) for f in SPLIT_FRACTIONS[1:]]
+    counts = [round(f * n) for f in SPLIT_FRACTIONS[1:]]
     if n >= 3:
         counts = [max(c, 1) for c in counts]
     dev, test = counts

@@ -106,7 +106,6 @@ class LQFormer(nn.Module):
         self.width = config.model_width(feature_dim)
         # Projecting to the width also lets a feature dim that the head count does not divide work.
         self.input_proj = nn.Linear(feature_dim, self.width) if self.width != feature_dim else nn.Identity()
-        self.input_norm = nn.LayerNorm(self.width)  # raw features (log-mels, CNN embeddings) have any scale
         self.queries = nn.Parameter(torch.randn(config.num_queries, self.width) * 0.02)
         self.layers = nn.ModuleList(DecoderLayer(self.width, config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(self.width) if config.norm_first else nn.Identity()
@@ -117,7 +116,7 @@ class LQFormer(nn.Module):
         batch, frames, _ = features.shape
         if frame_mask is None:
             frame_mask = torch.ones(batch, frames, dtype=torch.bool, device=features.device)
-        memory = self.input_norm(self.input_proj(features))
+        memory = self.input_proj(features)
         memory = memory.masked_fill(~frame_mask[..., None], 0.0)
         # Softmax over no key at all is NaN: let empty rows attend to their (zeroed) padding instead.
         attend = frame_mask | ~frame_mask.any(dim=1, keepdim=True)

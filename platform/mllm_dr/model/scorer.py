@@ -142,7 +142,7 @@ class RegressionHead(nn.Module):
 
     def __init__(self, hidden_size: int, config: HeadConfig) -> None:
         super().__init__()
-        self.attention = nn.Linear(hidden_size, 1)
+        self.attention = nn.Linear(hidden_size, 1, bias=False)  # softmax ignores a shared offset: no bias
         self.mlp = nn.Sequential(nn.Linear(hidden_size, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout),
                                  nn.Linear(config.hidden_dim, 1))
 
