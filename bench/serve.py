@@ -11,8 +11,10 @@ Without ``--model`` an untrained tiny bundle is built (tiny random Llama, 1-laye
   HTTP         ``POST /v1/assessments`` with a bearer token from 1, 4 and 16 concurrent clients against the app
                of ``mllm_dr.serving.app:build_app`` with an unbatched scorer (max_batch_size 1) and a batched one
                (max_batch_size 16, batch_wait_timeout_s 0.02).
-Reported: p50/p95 latency and throughput per level; Serve overhead = HTTP p50 - in-process p50 at concurrency 1
-(unbatched, so no batch wait is counted); batching gain = batched / unbatched throughput at concurrency 16.
+Reported: p50/p95 latency and throughput per level; Serve overhead at concurrency 1 (unbatched, so no batch wait
+is counted) measured two ways: the median paired difference (each interview in-process, then over HTTP, back to
+back) and the median of client latency minus the model call time the scorer replica reports (``timing_ms.model``);
+batching gain = batched / unbatched throughput at concurrency 16.
 Each measurement prints one JSON line; the last line is the summary for docs/benchmarks.md.
 """
 
@@ -79,15 +81,14 @@ def stats(latencies_s: list[float], wall_s: float) -> dict[str, float]:
             "throughput_rps": round(len(ms) / wall_s, 2)}
 
 
-def in_process(bundle: str, transcripts: list[list[dict]], max_new_tokens: int) -> dict[str, dict]:
-    from mllm_dr.model.bundle import load_bundle
+def records_of(transcripts: list[list[dict]]) -> list[InterviewRecord]:
+    return [InterviewRecord(interview_id=f"bench-{i}", site="api",
+                            transcript=[Turn(t["start"], t["end"], t["speaker"], t["text"]) for t in turns])
+            for i, turns in enumerate(transcripts)]
 
-    torch.set_num_threads(SCORER_THREADS)
-    model = load_bundle(bundle)
-    records = [InterviewRecord(interview_id=f"bench-{i}", site="api",
-                               transcript=[Turn(t["start"], t["end"], t["speaker"], t["text"]) for t in turns])
-               for i, turns in enumerate(transcripts)]
-    model.score(records[:2], max_new_tokens=max_new_tokens)  # warm-up
+
+def in_process(model, records: list[InterviewRecord], max_new_tokens: int) -> dict[str, dict]:
+    """The model alone: one interview per call, then 16 per call."""
     latencies, started = [], time.perf_counter()
     for record in records:
         t0 = time.perf_counter()
@@ -99,6 +100,31 @@ def in_process(bundle: str, transcripts: list[list[dict]], max_new_tokens: int) 
         model.score(records[start:start + 16], max_new_tokens=max_new_tokens)
     results["score(16 records)"] = {"throughput_rps": round(len(records) / (time.perf_counter() - started), 2)}
     return results
+
+
+def paired_overhead(model, records: list[InterviewRecord], url: str, token: str, bodies: list[dict],
+                    max_new_tokens: int) -> dict[str, float]:
+    """The same interview in-process then over HTTP, back to back, so load drift on a shared machine hits
+    both alike; the median of the per-interview differences is the overhead."""
+    local, remote, server_model = [], [], []
+    with requests.Session() as session:
+        for record, body in zip(records, bodies):
+            t0 = time.perf_counter()
+            model.score([record], max_new_tokens=max_new_tokens)
+            t1 = time.perf_counter()
+            response = session.post(url, headers={"Authorization": f"Bearer {token}"}, json=body, timeout=600)
+            t2 = time.perf_counter()
+            response.raise_for_status()
+            local.append(t1 - t0)
+            remote.append(t2 - t1)
+            server_model.append(response.json()["timing_ms"]["model"] / 1000)
+    ms = lambda values: round(statistics.median(values) * 1000, 1)  # noqa: E731
+    return {"in_process_p50_ms": ms(local), "http_p50_ms": ms(remote),
+            "overhead_p50_ms": ms([r - l for r, l in zip(remote, local)]),
+            "ratio": round(statistics.median(remote) / statistics.median(local), 3),
+            # the same overhead without the model's run-to-run noise: client latency - the replica's model call
+            "http_minus_server_model_p50_ms": ms([r - m for r, m in zip(remote, server_model)]),
+            "http_minus_server_model_min_ms": round(min(r - m for r, m in zip(remote, server_model)) * 1000, 1)}
 
 
 def free_port() -> int:
@@ -146,32 +172,41 @@ def load(url: str, token: str, bodies: list[dict], concurrency: int, files: list
     return stats(latencies, time.perf_counter() - started)
 
 
-def over_http(bundle: str, transcripts: list[list[dict]], max_new_tokens: int, video: bytes | None) -> dict:
+def over_http(model, transcripts: list[list[dict]], bundle: str, max_new_tokens: int,
+              video: bytes | None) -> dict[str, dict]:
     from ray import serve
 
     from mllm_dr.serving.app import APP_NAME, build_app
 
     token = secrets.token_urlsafe(16)
+    records = records_of(transcripts)
+    bodies = [{"transcript": turns} for turns in transcripts]
     results: dict[str, dict] = {}
+
+    def report(name: str, values: dict) -> None:
+        results[name] = values
+        print(json.dumps({"measure": name, **values}), flush=True)
+
     with tempfile.TemporaryDirectory() as folder:
         token_file = os.path.join(folder, "tokens")
         Path(token_file).write_text(token)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}/v1/assessments"
-        bodies = [{"transcript": turns} for turns in transcripts]
         try:
             for name, batch in (("unbatched", 1), ("batched", 16)):
                 serve.run(build_app(serving_config(bundle, token_file, batch, max_new_tokens)), name=APP_NAME,
                           route_prefix="/")
                 load(url, token, bodies[:4], 2)  # warm-up
+                if name == "unbatched":
+                    report("overhead c=1 (paired)", paired_overhead(model, records, url, token, bodies,
+                                                                    max_new_tokens))
+                    for label, values in in_process(model, records, max_new_tokens).items():
+                        report(f"in-process {label}", values)
                 for concurrency in CONCURRENCY:
-                    results[f"{name} c={concurrency}"] = load(url, token, bodies, concurrency)
-                    print(json.dumps({"http": f"{name} c={concurrency}", **results[f"{name} c={concurrency}"]}),
-                          flush=True)
+                    report(f"http {name} c={concurrency}", load(url, token, bodies, concurrency))
                 if video is not None and name == "unbatched":
-                    results["video upload c=1"] = load(url, token, bodies[:8], 1, files=[video])
-                    print(json.dumps({"http": "video upload c=1", **results["video upload c=1"]}), flush=True)
+                    report("http video upload c=1", load(url, token, bodies[:8], 1, files=[video]))
                 serve.delete(APP_NAME)
         finally:
             serve.shutdown()
@@ -188,34 +223,34 @@ def main() -> None:
 
     import ray
 
+    from mllm_dr.model.bundle import load_bundle
+
+    torch.set_num_threads(SCORER_THREADS)
     with tempfile.TemporaryDirectory(prefix="mllm-dr-bench-serve-") as folder:
         bundle = args.model or tiny_bundle(Path(folder))
         video = None
         if args.video:
             made = synthesize(os.path.join(folder, "videos"), interviews=1, seed=1, seconds=10.0)[0]
             video = Path(made.video_uri).read_bytes()
+        model = load_bundle(bundle)
         transcripts = interviews(args.requests)
-        local = in_process(bundle, transcripts, args.max_new_tokens)
-        for name, values in local.items():
-            print(json.dumps({"in_process": name, **values}), flush=True)
+        model.score(records_of(transcripts[:2]), max_new_tokens=args.max_new_tokens)  # warm-up
         ray.init(include_dashboard=False, log_to_driver=False)
         try:
-            http = over_http(bundle, transcripts, args.max_new_tokens, video)
+            results = over_http(model, transcripts, bundle, args.max_new_tokens, video)
         finally:
             ray.shutdown()
 
-    overhead_ms = http["unbatched c=1"]["p50_ms"] - local["sequential"]["p50_ms"]
+    overhead = results["overhead c=1 (paired)"]
     summary = {
         "summary": True, "requests_per_level": args.requests, "max_new_tokens": args.max_new_tokens,
-        "in_process_p50_ms": local["sequential"]["p50_ms"],
-        "http_unbatched_c1_p50_ms": http["unbatched c=1"]["p50_ms"],
-        "serve_overhead_p50_ms": round(overhead_ms, 1),
-        "serve_overhead_ratio": round(http["unbatched c=1"]["p50_ms"] / local["sequential"]["p50_ms"], 3),
-        "batching_gain_c16": round(http["batched c=16"]["throughput_rps"] / http["unbatched c=16"]["throughput_rps"],
-                                   2),
-        "in_process_batch16_gain": round(local["score(16 records)"]["throughput_rps"]
-                                         / local["sequential"]["throughput_rps"], 2),
-        "http": http, "in_process": local,
+        "serve_overhead_p50_ms": overhead["overhead_p50_ms"], "serve_overhead_ratio": overhead["ratio"],
+        "http_minus_server_model_p50_ms": overhead["http_minus_server_model_p50_ms"],
+        "batching_gain_c16": round(results["http batched c=16"]["throughput_rps"]
+                                   / results["http unbatched c=16"]["throughput_rps"], 2),
+        "in_process_batch16_gain": round(results["in-process score(16 records)"]["throughput_rps"]
+                                         / results["in-process sequential"]["throughput_rps"], 2),
+        "results": results,
     }
     print(json.dumps(summary))
 

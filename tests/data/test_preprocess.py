@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mllm_dr.data.preprocess import process_video, run_preprocess
 from mllm_dr.data.records import SCHEMA, read_records
 from mllm_dr.data.synthetic import INTERVIEWER_LEVEL, VOICE_LEVEL, malformed_files, synthesize
 from mllm_dr.data.transcripts import parse_transcript
+from mllm_dr.errors import UserError
 from mllm_dr.storage import resolve
 
 SECONDS = 6.0
@@ -33,10 +35,17 @@ def corpus(tmp_path_factory) -> tuple[Path, list]:
     return folder, synthesize(str(folder), interviews=3, seed=11, seconds=SECONDS)
 
 
-def test_local_folder_end_to_end(ray_local, corpus, tmp_path):
+@pytest.fixture(scope="module")
+def local_store(ray_local, corpus, tmp_path_factory):
+    """One pipeline run over the local corpus, shared by the tests that only read its result."""
+    folder, _ = corpus
+    store = tmp_path_factory.mktemp("stores") / "local"
+    return store, run_preprocess([str(folder)], str(store), small_config(), progress=False)
+
+
+def test_local_folder_end_to_end(corpus, local_store):
     folder, made = corpus
-    store = tmp_path / "store"
-    summary = run_preprocess([str(folder)], str(store), small_config(), progress=False)
+    store, summary = local_store
     assert (summary.inputs, summary.ok, summary.error, summary.skipped) == (3, 3, 0, 0)
     assert summary.interview_seconds == pytest.approx(3 * SECONDS, abs=0.3)
 
@@ -72,13 +81,29 @@ def test_local_folder_end_to_end(ray_local, corpus, tmp_path):
     assert manifest["last_run"]["ok"] == 3 and manifest["sources"] == [str(folder)]
 
 
-def test_rerun_skips_what_is_stored_and_replaces_what_changed(ray_local, corpus, tmp_path):
+def test_process_video_matches_the_pipeline(corpus, local_store, tmp_path):
+    folder, made = corpus
+    planted = made[1]
+    video, transcript = folder / f"{planted.interview_id}.mp4", folder / f"{planted.interview_id}.csv"
+    record = process_video(str(video), str(transcript), small_config())
+    assert record.ok and record.interview_id == planted.interview_id
+    assert [(t.start, t.end, t.speaker, t.text) for t in record.transcript] == planted.turns
+    stored = next(r for r in read_records(resolve(str(local_store[0]))) if r.interview_id == planted.interview_id)
+    np.testing.assert_array_equal(record.audio, stored.audio)
+    np.testing.assert_allclose(record.video.astype(np.float32), stored.video.astype(np.float32), atol=1e-2)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(video.read_bytes()[:2000])
+    with pytest.raises(MediaError, match="not a readable audio/video file"):
+        process_video(str(broken), None, small_config())
+
+
+def test_rerun_skips_what_is_stored_and_replaces_what_changed(corpus, local_store, tmp_path):
     folder, made = corpus
     source, store = tmp_path / "videos", tmp_path / "store"
     shutil.copytree(folder, source)
-    config = small_config()
-    run_preprocess([str(source)], str(store), config, progress=False)
+    shutil.copytree(local_store[0], store)
     parts = sorted(p.name for p in (store / "records").glob("*.parquet"))
+    config = small_config()
 
     again = run_preprocess([str(source)], str(store), config, progress=False)
     assert (again.inputs, again.ok, again.error, again.skipped) == (3, 0, 0, 3)
@@ -92,24 +117,20 @@ def test_rerun_skips_what_is_stored_and_replaces_what_changed(ray_local, corpus,
     assert len(records) == 3 == len(read_records(resolve(str(store))))
     assert records[changed].source_sha256 == hashlib.sha256((source / f"{changed}.mp4").read_bytes()).hexdigest()
 
-    forced = run_preprocess([str(source)], str(store), config, overwrite=True, progress=False)
-    assert (forced.ok, forced.skipped) == (3, 0)
+    other_features = small_config(**{"media.frame_size": 48})
+    with pytest.raises(UserError, match="other feature settings.*--overwrite"):
+        run_preprocess([str(source)], str(store), other_features, progress=False)
+    rebuilt = run_preprocess([str(source)], str(store), other_features, overwrite=True, progress=False)
+    assert (rebuilt.ok, rebuilt.skipped) == (3, 0)
     assert len(read_records(resolve(str(store)))) == 3
-    assert json.loads((store / "manifest.json").read_text())["counts"]["total"]["rows"] == 3
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["counts"]["total"]["rows"] == 3 and manifest["config"]["media"]["frame_size"] == 48
 
 
-def test_changed_feature_settings_need_overwrite(ray_local, corpus, tmp_path):
-    folder, _ = corpus
-    store = tmp_path / "store"
-    run_preprocess([str(folder)], str(store), small_config(), progress=False)
-    with pytest.raises(Exception, match="other feature settings.*--overwrite"):
-        run_preprocess([str(folder)], str(store), small_config(**{"media.frame_size": 48}), progress=False)
-    rebuilt = run_preprocess([str(folder)], str(store), small_config(**{"media.frame_size": 48}), overwrite=True,
-                             progress=False)
-    assert rebuilt.ok == 3 and len(read_records(resolve(str(store)))) == 3
+def test_bad_files_become_error_rows_and_good_ones_stay_ok(ray_local, cli, corpus, tmp_path):
+    """Through the command line, on the running cluster (RAY_ADDRESS): a malformed corpus next to a good file."""
+    import ray
 
-
-def test_bad_files_become_error_rows_and_good_ones_stay_ok(ray_local, corpus, tmp_path):
     folder, made = corpus
     source = tmp_path / "mixed"
     source.mkdir()
@@ -122,16 +143,23 @@ def test_bad_files_become_error_rows_and_good_ones_stay_ok(ray_local, corpus, tm
         "interview_id,split,total\n" f"{good},train,5\n" "random-bytes,dev,7\n" "no-such-video,test,3\n")
     (source / "README.txt").write_text("not an interview")  # neither media nor a sidecar of one: ignored
 
-    summary = run_preprocess([str(source)], str(tmp_path / "store"), small_config(), progress=False)
-    records = {r.interview_id: r for r in read_records(resolve(str(tmp_path / "store")))}
+    result = cli("preprocess", "--source", f"clinic={source}", "--out", str(tmp_path / "store"),
+                 "--set", "media.frame_size=32", env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+    assert result.returncode == 0, result.stderr[-3000:]
     bad = {name.rsplit(".", 1)[0] for name, _ in malformed_files(b"")} | {"no-such-video"}
-    assert set(records) == bad | {good}
-    assert summary.inputs == len(records) == summary.ok + summary.error and summary.ok == 1
+    assert f"1 ok / {len(bad)} error of {len(bad) + 1} inputs" in result.stdout
+    assert "interview-hours per hour" in result.stdout
+    assert "error row clinic/zero-bytes: zero-bytes.mp4: empty file (0 bytes)" in result.stderr
+
+    records = {r.interview_id: r for r in read_records(resolve(str(tmp_path / "store")))}
+    assert set(records) == bad | {good} and {r.site for r in records.values()} == {"clinic"}
     assert records[good].ok and records[good].total_score == 5 and records[good].transcript
     reasons = {key: records[key].error for key in bad}
     assert all(records[key].status == "error" and reasons[key] for key in bad)
     assert "empty file" in reasons["zero-bytes"]
+    assert "not a readable audio/video file" in reasons["truncated"]  # its index (at the end) was cut off
     assert "not a readable audio/video file" in reasons["random-bytes"]
+    assert "not a readable audio/video file" in reasons["text-file"]
     assert "still image" in reasons["image-as-video"]
     assert "declared resolution 16000x16000" in reasons["huge-resolution"]
     assert "listed in labels.csv but no audio/video file" in reasons["no-such-video"]
@@ -139,7 +167,7 @@ def test_bad_files_become_error_rows_and_good_ones_stay_ok(ray_local, corpus, tm
     assert records["random-bytes"].audio is None and records["random-bytes"].video is None
 
 
-def test_s3_source_and_store(ray_local, s3_server, tmp_path):
+def test_s3_source_and_store(ray_local, s3_server):
     bucket = s3_server.make_bucket("interviews")
     made = synthesize(f"{bucket}/site-b", interviews=2, seed=5, seconds=SECONDS, site="site_b")
     summary = run_preprocess([f"site_b={bucket}/site-b"], f"{bucket}/store", small_config(), progress=False)
@@ -149,75 +177,48 @@ def test_s3_source_and_store(ray_local, s3_server, tmp_path):
     assert sorted(records) == ["site_b-000", "site_b-001"]
     for planted in made:
         record = records[planted.interview_id]
-        video = resolve(planted.video_uri)
-        assert record.site == "site_b" and record.source_uri == planted.video_uri.rstrip("/")
-        assert record.source_sha256 == hashlib.sha256(video.read_bytes()).hexdigest()
+        assert record.site == "site_b" and record.source_uri == planted.video_uri
+        assert record.source_sha256 == hashlib.sha256(resolve(planted.video_uri).read_bytes()).hexdigest()
         assert record.item_scores == planted.item_scores and len(record.transcript) == len(planted.turns)
         assert record.video.shape == (int(SECONDS), 512) and record.audio.shape[1] == 80
     manifest = json.loads(store.join("manifest.json").read_text())
     assert manifest["counts"]["by_site"] == {"site_b": {"ok": 2, "error": 0, "rows": 2}}
-    again = run_preprocess([f"site_b={bucket}/site-b"], f"{bucket}/store", small_config(), progress=False)
-    assert again.skipped == 2
-
-
-def test_process_video_matches_the_pipeline(ray_local, corpus, tmp_path):
-    folder, made = corpus
-    planted = made[1]
-    video, transcript = folder / f"{planted.interview_id}.mp4", folder / f"{planted.interview_id}.csv"
-    record = process_video(str(video), str(transcript), small_config())
-    assert record.ok and record.interview_id == planted.interview_id
-    assert record.audio.shape[1] == 80 and record.video.shape == (int(SECONDS), 512)
-    assert [(t.start, t.end, t.speaker, t.text) for t in record.transcript] == planted.turns
-    run_preprocess([str(folder)], str(tmp_path / "store"), small_config(), progress=False)
-    stored = next(r for r in read_records(resolve(str(tmp_path / "store"))) if r.interview_id == planted.interview_id)
-    np.testing.assert_array_equal(record.audio, stored.audio)
-    np.testing.assert_allclose(record.video.astype(np.float32), stored.video.astype(np.float32), atol=1e-2)
-    broken = tmp_path / "broken.mp4"
-    broken.write_bytes(video.read_bytes()[:2000])
-    with pytest.raises(MediaError):
-        process_video(str(broken), None, small_config())
-
-
-def test_cli_runs_on_the_existing_ray_cluster(ray_local, cli, corpus, tmp_path):
-    """``mllm-dr preprocess`` joins the cluster named by RAY_ADDRESS instead of starting its own."""
-    import ray
-
-    folder, _ = corpus
-    address = ray.get_runtime_context().gcs_address
-    result = cli("preprocess", "--source", f"clinic={folder}", "--out", str(tmp_path / "store"),
-                 "--set", "media.frame_size=32", env={"RAY_ADDRESS": address})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "3 ok / 0 error of 3 inputs" in result.stdout and "interview-hours per hour" in result.stdout
-    assert {r.site for r in read_records(resolve(str(tmp_path / "store")))} == {"clinic"}
 
 
 @pytest.mark.parametrize("source, message", [
     ("ftp://host/videos", "unsupported URI scheme 'ftp'"),
     ("/no/such/folder", "/no/such/folder does not exist"),
     ("mp4:/data", "unknown format 'mp4'"),
+    ("s3://", "an s3:// URI needs a bucket"),
 ])
-def test_cli_bad_sources(cli, tmp_path, source, message):
-    result = cli("preprocess", "--source", source, "--out", str(tmp_path / "store"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+def test_bad_sources_are_user_errors(tmp_path, source, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_preprocess([source], str(tmp_path / "store"), small_config())
 
 
-def test_cli_empty_source(cli, tmp_path):
+def test_empty_source(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no recordings here")
-    result = cli("preprocess", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "store"))
-    assert result.returncode == 2 and "no interviews found in" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="no interviews found in .*empty"):
+        run_preprocess([str(tmp_path / "empty")], str(tmp_path / "store"), small_config())
 
 
-def test_cli_missing_s3_credentials(cli, s3_server, tmp_path):
+def test_missing_s3_credentials(s3_server, tmp_path, monkeypatch):
     bucket = s3_server.make_bucket("locked")
-    no_credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
-                      "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-                      "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"}
-    result = cli("preprocess", "--source", f"{bucket}/videos", "--out", str(tmp_path / "store"), env=no_credentials)
-    assert result.returncode == 2 and "NoCredentialsError" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(UserError, match="NoCredentialsError"):
+        run_preprocess([f"{bucket}/videos"], str(tmp_path / "store"), small_config())
+
+
+def test_cli_error_is_one_line(cli, tmp_path):
+    result = cli("preprocess", "--source", "ftp://host/videos", "--out", str(tmp_path / "store"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: ftp://host/videos: unsupported URI scheme 'ftp' (use a local path, " \
+                                    "file:// or s3://)"
 
 
 def _recovered_energy(record) -> int:

@@ -54,6 +54,12 @@ def test_score_a_store_then_resume_with_new_interviews(ray_local, s3_server, tin
     # everything scored: nothing to do, and no Ray work started
     assert run_score(tiny_bundle, store.uri, out_uri).interviews == 0
 
+    # a failure inside the actors (here: no base LLM where it is said to be) is one line, not a Ray traceback
+    write_records(store, [make_record(24, "test")], "part-2")
+    assert cli.main(["score", "--model", tiny_bundle, "--base-llm", str(tmp_path / "nowhere"), "--store", store.uri,
+                     "--out", out_uri]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: scoring worker: base LLM")
+
 
 def test_score_bad_input_is_one_line(tiny_bundle, tmp_path, capsys):
     assert cli.main(["score", "--model", tiny_bundle, "--store", str(tmp_path / "missing"),

@@ -1,5 +1,6 @@
 """``mllm-dr evaluate`` end to end: tiny untrained bundle, synthetic feature store, real files."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -62,6 +63,19 @@ def test_evaluate_scores_what_the_model_scores(feature_store, tiny_bundle, tmp_p
     assert mine.regression_score.tolist() == pytest.approx([i.regression_score for i in expected.items], abs=1e-5)
     assert mine.final_score.tolist() == [i.score for i in expected.items]
     assert mine.generated_score.isna().all() and set(mine.modalities) == {"video+text"}
+
+
+def test_an_interview_the_model_cannot_score_becomes_an_error_row(feature_store, tiny_bundle):
+    """Features from another encoder (wrong width) fail at inference; the batch-mates are still scored."""
+    from mllm_dr.evaluation.predictions import score_records
+    from mllm_dr.model.bundle import load_bundle
+
+    good = feature_store.test_ok[0]
+    bad = dataclasses.replace(good, interview_id="wrong-encoder", audio=np.zeros((30, 5), np.float16))
+    rows = score_records(load_bundle(tiny_bundle), [bad, good], generate=False)
+    assert [r["interview_id"] for r in rows] == ["wrong-encoder"] + [good.interview_id] * 8
+    assert rows[0]["status"] == "error" and rows[0]["error"].startswith("scoring failed: ")
+    assert "\n" not in rows[0]["error"] and all(r["status"] == "ok" for r in rows[1:])
 
 
 def test_evaluate_bad_input_is_one_line(feature_store, tiny_bundle, tmp_path, capsys):

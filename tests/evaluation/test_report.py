@@ -31,26 +31,26 @@ def _predictions() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
     for subject in range(8):
-        site, split = ("a" if subject < 5 else "b"), ("test" if subject % 2 == 0 else "dev")
+        where = {"interview_id": f"s{subject}", "site": "a" if subject < 5 else "b",
+                 "split": "test" if subject % 2 == 0 else "dev", "questionnaire": "phq8"}
         truth = rng.integers(0, 4, 8)
         for modality_set, noise in (("all", 1), ("text", 2)):
             final = np.clip(truth + rng.integers(-noise, noise + 1, 8), 0, 3)
             regression = np.clip(final + rng.normal(0, 0.4, 8), 0, 3)
             for item in range(8):
-                generated = None if (subject == 3 and item == 4) else int(final[item])
-                rows.append(dict(interview_id=f"s{subject}", site=site, split=split, questionnaire="phq8",
-                                 modality_set=modality_set, modalities="audio+video+text" if modality_set == "all"
-                                 else "text", item=item + 1, key=PHQ8.items[item].key, true_score=int(truth[item]),
-                                 true_total=int(truth.sum()), generated_score=generated,
-                                 regression_score=float(regression[item]), final_score=int(final[item]),
-                                 rationale="r", status="ok"))
+                rows.append({**where, "modality_set": modality_set,
+                             "modalities": "audio+video+text" if modality_set == "all" else "text",
+                             "item": item + 1, "key": PHQ8.items[item].key, "true_score": int(truth[item]),
+                             "true_total": int(truth.sum()),
+                             "generated_score": None if (subject == 3 and item == 4) else int(final[item]),
+                             "regression_score": float(regression[item]), "final_score": int(final[item]),
+                             "rationale": "r", "status": "ok"})
     for modality_set in ("all", "text"):
-        rows += [dict(interview_id="unlabelled", site="a", split="test", questionnaire="phq8",
-                      modality_set=modality_set, modalities="text", item=i + 1, key=PHQ8.items[i].key,
-                      true_score=None, true_total=None, generated_score=1, regression_score=1.0, final_score=1,
-                      rationale="r", status="ok") for i in range(8)]
-        rows.append(dict(interview_id="broken", site="b", split="test", questionnaire="phq8",
-                         modality_set=modality_set, status="error", error="zero-byte file"))
+        where = {"site": "a", "split": "test", "questionnaire": "phq8", "modality_set": modality_set}
+        rows += [{**where, "interview_id": "unlabelled", "modalities": "text", "item": i + 1,
+                  "key": PHQ8.items[i].key, "true_score": None, "true_total": None, "generated_score": 1,
+                  "regression_score": 1.0, "final_score": 1, "rationale": "r", "status": "ok"} for i in range(8)]
+        rows.append({**where, "interview_id": "broken", "site": "b", "status": "error", "error": "zero-byte file"})
     return rows_to_table(rows)
 
 

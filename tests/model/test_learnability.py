@@ -8,7 +8,9 @@ from model_helpers import AUDIO_DIM, small_config
 
 from mllm_dr.data.records import InterviewRecord
 from mllm_dr.model.lq_former import LQFormerConfig
-from mllm_dr.model.scorer import MultimodalScorer
+from mllm_dr.model.scorer import LoraSettings, MultimodalScorer
+
+SHIFT = 1.5  # frames move this far along a fixed direction per severity point (frame noise: unit normal)
 
 
 def planted_interviews(rng: np.random.Generator, count: int, direction: np.ndarray) -> list[InterviewRecord]:
@@ -17,7 +19,7 @@ def planted_interviews(rng: np.random.Generator, count: int, direction: np.ndarr
     records = []
     for i in range(count):
         severity = int(rng.integers(0, 4))
-        frames = rng.normal(size=(int(rng.integers(6, 14)), AUDIO_DIM)) + 0.8 * severity * direction
+        frames = rng.normal(size=(int(rng.integers(6, 14)), AUDIO_DIM)) + SHIFT * severity * direction
         records.append(InterviewRecord(f"s{i}", item_scores=[severity] * 8, audio=frames.astype(np.float16)))
     return records
 
@@ -27,16 +29,17 @@ def test_regression_learns_planted_signal_well_below_mean_baseline(tiny_llm):
     rng = np.random.default_rng(0)
     direction = rng.normal(size=AUDIO_DIM)
     direction /= np.linalg.norm(direction)
-    train, test = planted_interviews(rng, 32, direction), planted_interviews(rng, 16, direction)
+    train, test = planted_interviews(rng, 64, direction), planted_interviews(rng, 16, direction)
 
-    config = small_config(lq_former=LQFormerConfig(num_queries=2, num_layers=1, num_heads=4, dropout=0.0))
+    config = small_config(lq_former=LQFormerConfig(num_queries=2, num_layers=1, num_heads=4, dropout=0.0),
+                          lora=LoraSettings(dropout=0.0))
     model = MultimodalScorer.from_base(tiny_llm, config, "phq8", {"audio": AUDIO_DIM})
     model.set_stage("align")  # the LLM stays frozen: LQ-former, projector and head must carry the signal
-    optimizer = torch.optim.AdamW(model.parameter_groups({"lq_former": 3e-3, "projectors": 3e-3, "head": 3e-3}))
+    optimizer = torch.optim.AdamW(model.parameter_groups({"lq_former": 2e-3, "projectors": 2e-3, "head": 2e-3}))
     samples = [s for record in train for s in model.build_item_samples(record)]
     model.train()
-    for _ in range(120):
-        batch = model.collate([samples[i] for i in rng.choice(len(samples), size=16, replace=False)])
+    for _ in range(70):
+        batch = model.collate([samples[i] for i in rng.choice(len(samples), size=8, replace=False)])
         model(batch, alpha=0.0).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -46,5 +49,4 @@ def test_regression_learns_planted_signal_well_below_mean_baseline(tiny_llm):
     baseline = np.abs(truth - np.mean([r.item_scores for r in train])).mean()
     mae = np.abs(truth - predicted).mean()
     assert baseline > 0.8
-    print(mae, baseline)
     assert mae < 0.5 * baseline, f"MAE {mae:.3f} vs predict-the-mean {baseline:.3f}"

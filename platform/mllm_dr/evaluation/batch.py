@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from mllm_dr.evaluation.predictions import rows_to_table, score_records
 from mllm_dr.storage import Location, resolve
 
 KEY_COLUMNS = ("site", "interview_id")
+_USER_ERROR_LINE = re.compile(r"^mllm_dr\.[\w.]*Error: (.+)$", re.MULTILINE)
 PART_PREFIX = "part-"
 
 
@@ -147,6 +149,12 @@ def run_score(model_dir: str, store_uri: str, out_uri: str, *, base_llm_dir: str
             compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, batch_size=batch_size,
             batch_format="pyarrow")
         return _stream_to_parquet(dataset, out, flush_every, len(done))
+    except ray.exceptions.RayError as exc:
+        # A UserError inside an actor (bundle and base LLM that do not fit, ...) reaches us only as text.
+        found = _USER_ERROR_LINE.search(str(exc))
+        if found:
+            raise UserError(f"scoring worker: {found.group(1)}") from None
+        raise
     finally:
         if started_ray:
             ray.shutdown()

@@ -27,11 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationError
+from tqdm import tqdm
 
 from mllm_dr.config import StrictModel, describe_validation_error
 from mllm_dr.data.records import LIGHT_COLUMNS, STATUS_OK, InterviewRecord, read_records
 from mllm_dr.errors import UserError
-from mllm_dr.evaluation import metrics
+from mllm_dr.evaluation import metrics, plots
 from mllm_dr.evaluation.predictions import (
     MODALITY_SETS,
     Scorer,
@@ -113,8 +114,6 @@ def store_training_means(store: Location, questionnaire: Questionnaire,
 def predict(model: Scorer, records: Sequence[InterviewRecord], modality_sets: Sequence[str],
             generate: bool = True, max_new_tokens: int | None = None, progress: bool = True) -> pa.Table:
     """Score every record once per modality set; a table of :data:`PREDICTION_SCHEMA` rows."""
-    from tqdm import tqdm
-
     kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     chunks = [records[i:i + _SCORE_CHUNK] for i in range(0, len(records), _SCORE_CHUNK)]
     rows: list[dict[str, Any]] = []
@@ -237,8 +236,6 @@ def write_report(predictions: pa.Table, questionnaire: Questionnaire, means: Tra
     out.join("report.md").write_text(render_markdown(report))
     frame = predictions.to_pandas()
     headline = subject_totals(frame[frame["modality_set"] == report["headline"]["modality_set"]], "final")
-    from mllm_dr.evaluation import plots
-
     out.join(PLOTS["scatter"]).write_bytes(plots.totals_scatter(headline, report))
     out.join(PLOTS["confusion"]).write_bytes(plots.item_confusions(report["items"]))
     out.join(PLOTS["sites"]).write_bytes(plots.error_by_site(report["by_site"]))
@@ -278,15 +275,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# {report['title']}", "",
         f"> **{report['notice']}**", "",
-        f"- Model: `{report.get('model', {}).get('path', '—')}`; store: `{report.get('store', '—')}`; "
-        f"split: {report.get('split', '—')}",
-        f"- Subjects: {counts['subjects']} scored and labelled of {counts['interviews']} interviews "
-        f"(error rows: {counts['errors']}, unlabelled: {counts['unlabelled']})",
+        (f"- Model: `{report.get('model', {}).get('path', '—')}`; store: `{report.get('store', '—')}`; "
+         f"split: {report.get('split', '—')}"),
+        (f"- Subjects: {counts['subjects']} scored and labelled of {counts['interviews']} interviews "
+         f"(error rows: {counts['errors']}, unlabelled: {counts['unlabelled']})"),
         f"- Screening: PHQ total ≥ {report['cutoff']} is positive",
-        f"- Baseline: predict the training mean ({baseline['total']:.2f}, from {baseline['n_subjects']} "
-        f"subjects of {baseline['source']}) for everyone",
-        f"- Intervals: {level}% percentile bootstrap over subjects, {report['protocol']['bootstrap']['resamples']} "
-        f"resamples, seed {report['protocol']['bootstrap']['seed']}; population moments (ddof=0)", "",
+        (f"- Baseline: predict the training mean ({baseline['total']:.2f}, from {baseline['n_subjects']} "
+         f"subjects of {baseline['source']}) for everyone"),
+        (f"- Intervals: {level}% percentile bootstrap over subjects, {report['protocol']['bootstrap']['resamples']} "
+         f"resamples, seed {report['protocol']['bootstrap']['seed']}; population moments (ddof=0)"), "",
         f"## Subject totals ({headline['score']} score, modality set `{headline['modality_set']}`)", "",
         f"| metric | model | {level}% CI | training-mean baseline | {level}% CI |",
         "|---|---:|---:|---:|---:|",

@@ -51,7 +51,9 @@ class Assessment(BaseModel):
     screen_positive: bool = Field(description="total at or above the questionnaire's screening cut-off")
     modalities: list[str] = Field(description="what the score is based on: audio, video, text")
     model: ModelRef
-    timing_ms: dict[str, float] = Field(description="wall-clock per stage: preprocess, score, total")
+    timing_ms: dict[str, float] = Field(
+        description="wall-clock ms: preprocess (decode + encoders), score (queue + batch + model), model (the "
+                    "batch's model call), total (in the ingress)")
 
 
 class ModelInfo(BaseModel):

@@ -190,6 +190,7 @@ class Ingress:
         started = time.perf_counter()
         scored = _raise_for_status(await self.scorer.score.remote(record))
         timing_ms["score"] = round((time.perf_counter() - started) * 1000, 1)
+        timing_ms["model"] = scored.model_ms
         return scored.value, timing_ms
 
 

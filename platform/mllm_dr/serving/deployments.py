@@ -58,6 +58,7 @@ class Outcome:
     value: Any = None
     status: int = 200
     reason: str = ""
+    model_ms: float = 0.0  # time in the model call that produced it (shared by a batch)
 
     @property
     def ok(self) -> bool:
@@ -245,8 +246,11 @@ class Scorer:
 
     def _score_isolating_failures(self, records: list[InterviewRecord]) -> list[Outcome]:
         """Score the batch; if that fails, score one by one so one bad interview cannot fail its neighbours."""
+        started = time.perf_counter()
         try:
-            return [Outcome(score) for score in self._score(records)]
+            scores = self._score(records)
+            model_ms = round((time.perf_counter() - started) * 1000, 1)
+            return [Outcome(score, model_ms=model_ms) for score in scores]
         except Exception as exc:  # noqa: BLE001 - reported per request below, without the message
             if len(records) == 1:
                 logger.error("scoring failed for assessment %s: %s", records[0].interview_id, type(exc).__name__)

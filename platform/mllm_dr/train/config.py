@@ -8,12 +8,15 @@ validated; unknown keys are errors. See ``jobs/configs/`` for complete examples.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from mllm_dr.config import StrictModel
 from mllm_dr.model.scorer import DEFAULT_LRS, ScorerConfig, Stage
+
+# The optimizer parameter groups of MultimodalScorer.parameter_groups (llm = its LoRA adapters).
+ParameterGroup = Literal["llm", "lq_former", "projectors", "head"]
 
 
 class DataSection(StrictModel):
@@ -55,7 +58,7 @@ class StageConfig(StrictModel):
     name: Stage = Field(description="align: LLM frozen, LQ-formers + projectors + head learn; "
                                     "multitask: LoRA + head learn (see model.scorer.multitask_trains_multimodal)")
     epochs: int = Field(description="passes over the training split", ge=1)
-    lr: dict[str, float] = Field(
+    lr: dict[ParameterGroup, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: dict(DEFAULT_LRS),
         description="learning rate per parameter group: llm (its LoRA adapters), lq_former, projectors, head; "
                     "groups left out get the paper's rates")
