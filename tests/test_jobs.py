@@ -25,9 +25,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from mllm_dr.data.records import read_records
 from mllm_dr.data.synthetic import synthesize
+from mllm_dr.model.tiny import build_tiny_llm
 from mllm_dr.storage import S3_ENDPOINT_ENV, resolve
 
 pytestmark = pytest.mark.slow
@@ -118,25 +120,57 @@ def submit(cli, head: Head, spec: str, *overrides: str, env: dict | None = None)
     return cli(*args, env=env or head.client_env(), timeout=400)
 
 
+@dataclass(frozen=True)
+class PreprocessJob:
+    result: subprocess.CompletedProcess
+    store: str
+
+
 @pytest.fixture(scope="module")
-def raw_interviews(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("raw")
-    synthesize(str(out), interviews=2, seed=3, seconds=3.0)
-    return out
-
-
-def test_preprocess_job_succeeds_and_writes_the_store(cli, ray_head, raw_interviews, s3_server):
+def preprocess_job(cli, ray_head, s3_server, tmp_path_factory) -> PreprocessJob:
+    """Three synthetic interviews (one per split) preprocessed by a job into an S3 store; the training job reuses it."""
+    raw = tmp_path_factory.mktemp("raw")
+    synthesize(str(raw), interviews=3, seed=3, seconds=3.0)
     store = s3_server.make_bucket("jobs-store") + "/edaic"
-    entrypoint = f"mllm-dr --s3-endpoint {s3_server.endpoint} preprocess --source {raw_interviews} --out {store}"
-    result = submit(cli, ray_head, "preprocess.yaml", f"entrypoint={entrypoint}")
+    entrypoint = f"mllm-dr --s3-endpoint {s3_server.endpoint} preprocess --source {raw} --out {store}"
+    return PreprocessJob(submit(cli, ray_head, "preprocess.yaml", f"entrypoint={entrypoint}"), store)
+
+
+def test_preprocess_job_succeeds_and_writes_the_store(preprocess_job):
+    result = preprocess_job.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    submission_id = result.stdout.splitlines()[0]
-    assert submission_id.startswith("raysubmit_")
-    assert "2 ok / 0 error of 2 inputs" in result.stdout  # the job's own log, streamed back
-    assert "succeeded" in result.stderr
-    records = read_records(resolve(store))
-    assert len(records) == 2 and all(r.status == "ok" and r.audio is not None for r in records)
-    assert resolve(store).join("manifest.json").exists()
+    assert result.stdout.splitlines()[0].startswith("raysubmit_")  # the submission id comes first
+    assert "3 ok / 0 error of 3 inputs" in result.stdout  # the job's own log, streamed back
+    assert "succeeded" in result.stderr.strip().splitlines()[-1]
+    store = resolve(preprocess_job.store)
+    records = read_records(store)
+    assert len(records) == 3 and all(r.status == "ok" and r.audio is not None for r in records)
+    assert store.join("manifest.json").exists()
+
+
+def test_training_job_succeeds_and_writes_the_bundle(cli, ray_head, preprocess_job, s3_server, tmp_path):
+    """The smallest real run: tiny LLM, one multitask epoch, one Ray Train worker, DeepSpeed ZeRO-2 on CPU."""
+    assert preprocess_job.result.returncode == 0, "needs the preprocess job's store"
+    base_llm = build_tiny_llm(str(tmp_path / "llm"))
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"store": preprocess_job.store, "shuffle_buffer": 8},
+        "model": {"base_llm": base_llm, "scorer": {
+            "lq_former": {"num_queries": 4, "num_layers": 1, "num_heads": 2, "width": 16},
+            "projector": {"hidden_dim": 32}, "head": {"hidden_dim": 32}, "lora": {"r": 4, "alpha": 8},
+            "prompt": {"transcript_max_tokens": 48}}},
+        "stages": [{"name": "multitask", "epochs": 1}],
+        "deepspeed": {"zero_stage": 2, "precision": "fp32", "micro_batch_size": 8},
+        "scaling": {"workers": 1, "cpus_per_worker": 1},
+        "run": {"name": "tiny", "storage": "s3://jobs-store/runs", "max_failures": 0},
+    }))
+    # The S3 endpoint (not a secret) travels in the job's env_vars to the driver and every Ray Train worker.
+    result = submit(cli, ray_head, "train.yaml", f"entrypoint=mllm-dr train --config {config}",
+                    "entrypoint_num_cpus=0", f"runtime_env.env_vars.{S3_ENDPOINT_ENV}={s3_server.endpoint}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "model bundle: s3://jobs-store/runs/tiny/bundle" in result.stdout
+    bundle = resolve("s3://jobs-store/runs/tiny/bundle")
+    assert bundle.join("mllm_dr.json").exists() and bundle.join("multimodal.safetensors").exists()
 
 
 def test_failing_entrypoint_gives_nonzero_exit_and_the_jobs_error(cli, ray_head, tmp_path):

@@ -49,6 +49,8 @@ def _synth(p: argparse.ArgumentParser) -> None:
 @command("init-tiny-llm", "build a tiny random HF causal LM + tokenizer locally", "mllm_dr.model.tiny:main")
 def _tiny(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory, loadable with from_pretrained")
+    p.add_argument("--arch", choices=["llama", "qwen2"], default="llama", help="model family to imitate (default: llama)")
+    p.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same files (default: 0)")
 
 
 @command("preprocess", "interviews from one or many sites -> Parquet feature store (Ray Data)",

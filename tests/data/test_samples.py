@@ -41,9 +41,9 @@ def interview(language: str = "en", scores=(0, 1, 2, 3, 0, 1, 2, 3), **fields) -
                Turn(2, 6, "participant", "不太好，晚上经常醒，醒了就睡不着。"),
                Turn(6, 9, "participant", "白天一直很累。")],
     }[language]
-    values = dict(interview_id="p1", site="siteA", language=language, transcript=turns,
-                  questionnaire="phq8" if language == "en" else "phq9",
-                  item_scores=None if scores is None else list(scores if language == "en" else (*scores, 0)))
+    values = {"interview_id": "p1", "site": "siteA", "language": language, "transcript": turns,
+              "questionnaire": "phq8" if language == "en" else "phq9",
+              "item_scores": None if scores is None else list(scores if language == "en" else (*scores, 0))}
     values.update(fields)
     return InterviewRecord(**values)
 

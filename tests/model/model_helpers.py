@@ -15,8 +15,8 @@ def small_config(**overrides):
     """Small enough for 2 shared CPU cores, with every part present."""
     from mllm_dr.model.scorer import HeadConfig, LQFormerConfig, ProjectorConfig, ScorerConfig
 
-    values = dict(lq_former=LQFormerConfig(num_queries=4, num_layers=2, num_heads=4, dropout=0.0),
-                  projector=ProjectorConfig(hidden_dim=32), head=HeadConfig(hidden_dim=32, dropout=0.0))
+    values = {"lq_former": LQFormerConfig(num_queries=4, num_layers=2, num_heads=4, dropout=0.0),
+              "projector": ProjectorConfig(hidden_dim=32), "head": HeadConfig(hidden_dim=32, dropout=0.0)}
     values.update(overrides)
     return ScorerConfig(**values)
 

@@ -26,7 +26,7 @@ def trained(tiny_base, tmp_path_factory):
 
 
 def test_bundle_layout(trained, tiny_base):
-    model, bundle = trained
+    _, bundle = trained
     assert {p.name for p in bundle.iterdir()} == {"mllm_dr.json", "multimodal.safetensors", "adapter", "tokenizer"}
     adapter = json.loads((bundle / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_alpha"] == 32 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}

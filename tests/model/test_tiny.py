@@ -48,5 +48,7 @@ def test_loads_with_auto_classes_and_generates(arch, model_class, tiny_llm, tiny
 
 def test_cli_init_tiny_llm(cli, tmp_path, tiny_llm):
     result = cli("init-tiny-llm", "--out", str(tmp_path / "tiny"), check=True)
-    assert "tiny LLM written to" in result.stdout
+    assert "tiny llama LLM written to" in result.stdout
     assert digest(tmp_path / "tiny") == digest(tiny_llm)
+    bad = cli("init-tiny-llm", "--out", str(tmp_path / "x"), "--arch", "gpt2")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -14,7 +14,7 @@ first, the item instruction last::
     Participant: ...
     Interviewer: ...
                                             # ---- end of the shared interview prefix ----
-    Item 3 of PHQ-8: Trouble falling or staying asleep, or sleeping too much. ...
+    Item 3 of the PHQ-8: Trouble falling or staying asleep, or sleeping too much. ...
     [chat frame: end of user turn, assistant header]
     Score: 2\\nRationale: ...                # the assistant target (training only)
 
@@ -62,7 +62,7 @@ class PromptConfig(StrictModel):
     language: str | None = Field(None, description="prompt language (en / zh); default: each interview's own")
 
 
-_TEXTS: dict[str, dict[str, str]] = {
+_TEXTS: dict[str, dict[str, Any]] = {
     "en": {
         "system": (
             "You are a clinical psychologist. You assess depression from a recorded clinical interview, one item "
@@ -71,7 +71,7 @@ _TEXTS: dict[str, dict[str, str]] = {
             "from the interview, in one or two sentences>"),
         "audio": "Audio: ", "video": "Video: ", "transcript": "Transcript:",
         "truncated": "[transcript truncated: {left_out} of {total} turns left out]",
-        PARTICIPANT: "Participant", INTERVIEWER: "Interviewer", "speaker": "Speaker", "colon": ": ",
+        "speakers": {PARTICIPANT: "Participant", INTERVIEWER: "Interviewer"}, "speaker": "Speaker", "colon": ": ",
         "list_separator": ", ",
         "item": ("Item {number} of the {questionnaire}: {text}.\nOver the last two weeks, how often has the "
                  "participant been bothered by this?"),
@@ -86,7 +86,8 @@ _TEXTS: dict[str, dict[str, str]] = {
             "评估结果：<0-3>。评估理由：<来自访谈的证据，一到两句话>"),
         "audio": "音频：", "video": "视频：", "transcript": "访谈记录：",
         "truncated": "[访谈记录已截断：共{total}轮，省略了{left_out}轮]",
-        PARTICIPANT: "受访者", INTERVIEWER: "访谈者", "speaker": "说话人", "colon": "：", "list_separator": "；",
+        "speakers": {PARTICIPANT: "受访者", INTERVIEWER: "访谈者"}, "speaker": "说话人", "colon": "：",
+        "list_separator": "；",
         "item": "{questionnaire}问卷第{number}项：{text}。\n在过去两周里，受访者受这个问题困扰的频率如何？",
         "answer": "评估结果：{score}。评估理由：{rationale}",
         "template_rationale": "过去两周内，受访者受“{text}”困扰的频率：{anchor}（{score}分）。",
@@ -299,7 +300,7 @@ class PromptBuilder:
             turns = [t for t in turns if t.speaker != INTERVIEWER]
         turns = [Turn(t.start, t.end, t.speaker, self._clean(t.text)) for t in turns]
         turns = [t for t in turns if t.text]
-        lines = [f"{texts.get(t.speaker, texts['speaker'])}{texts['colon']}{t.text}" for t in turns]
+        lines = [f"{texts['speakers'].get(t.speaker, texts['speaker'])}{texts['colon']}{t.text}" for t in turns]
         if not lines:
             return []
         costs = [len(ids) + 1 for ids in self.tokenizer(lines, add_special_tokens=False)["input_ids"]]  # + "\n"

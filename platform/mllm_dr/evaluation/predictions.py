@@ -125,9 +125,11 @@ def score_records(
 
 
 def describe(exc: BaseException) -> str:
-    """Exception type and the first line of its message, never more (messages may quote their inputs)."""
+    """The first line of the message (with the exception type unless it is a :class:`UserError`, whose
+    messages are written for people), never more: tracebacks and long messages may quote their inputs."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    first = text[0][:200] if text else ""
+    return first if isinstance(exc, UserError) and first else f"{type(exc).__name__}: {first}".rstrip(": ")
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:

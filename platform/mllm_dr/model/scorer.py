@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,7 +159,7 @@ def final_item_score(generated: int | None, regression: float) -> int:
     half up (1.5 -> 2, as a clinician would read it)."""
     if generated is not None:
         return generated
-    return int(math.floor(min(max(regression, 0.0), float(MAX_ITEM_SCORE)) + 0.5))
+    return math.floor(min(max(regression, 0.0), float(MAX_ITEM_SCORE)) + 0.5)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -195,13 +195,15 @@ class MultimodalScorer(nn.Module):
         hidden_size = self.causal_lm.config.get_text_config().hidden_size
         embeddings = self.causal_lm.get_input_embeddings().weight
         dtype = embeddings.dtype
+        rows = embeddings.detach()[:: max(1, embeddings.shape[0] // 8192)]  # a sample: vocabularies are large
+        embedding_std = float(rows.float().std())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.lq_formers = nn.ModuleDict(
                 {m: LQFormer(config.lq_former, dim) for m, dim in self.feature_dims.items()})
             self.projectors = nn.ModuleDict({
                 m: Projector(former.width, config.projector.hidden_dim or hidden_size, hidden_size,
-                             output_std=float(embeddings.detach().float().std()))
+                             output_std=embedding_std)
                 for m, former in self.lq_formers.items()})
             self.head = RegressionHead(hidden_size, config.head)
         for module in (self.lq_formers, self.projectors, self.head):
@@ -373,25 +375,24 @@ class MultimodalScorer(nn.Module):
 
     def _score_interview(self, record: InterviewRecord, modalities: set[str] | None, generate: bool,
                          max_new_tokens: int) -> InterviewScore:
-        prompt = self._prompts.interview_prompt(record, modalities)
         samples = self._prompts.item_samples(record, modalities=modalities, with_targets=False)
+        language = samples[0].language
         regression, token_ids = self._run_items(samples, max_new_tokens if generate else 0)
         items = []
         for sample, predicted, ids in zip(samples, regression.tolist(), token_ids):
             item = self.questionnaire.items[sample.item]
             clipped = min(max(predicted, 0.0), float(MAX_ITEM_SCORE))
-            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() if generate else ""
-            generated = parse_score(text, prompt.language) if generate else None
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()  # "" without generation
+            generated = parse_score(text, language) if text else None
             final = final_item_score(generated, predicted)
-            rationale = (parse_rationale(text, prompt.language) if text
-                         else template_rationale(item, final, prompt.language))
-            items.append(ItemScore(sample.item + 1, item.key, item.name[prompt.language], final, generated,
+            rationale = parse_rationale(text, language) if text else template_rationale(item, final, language)
+            items.append(ItemScore(sample.item + 1, item.key, item.name[language], final, generated,
                                    clipped, rationale, text))
         total = sum(i.score for i in items)
         return InterviewScore(
             record.interview_id, record.site, self.questionnaire.id, items, total,
-            self.questionnaire.severity(total, prompt.language), self.questionnaire.screen_positive(total),
-            prompt.modalities, prompt.language)
+            self.questionnaire.severity(total, language), self.questionnaire.screen_positive(total),
+            samples[0].modalities, language)
 
     def _run_items(self, samples: Sequence[ItemSample], max_new_tokens: int) -> tuple[torch.Tensor, list[list[int]]]:
         """Regression scores ``[n]`` and greedy answer token ids (stop token excluded) for the items of one

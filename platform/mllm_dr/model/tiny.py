@@ -130,10 +130,10 @@ def build_tiny_llm(out_dir: str | Path, arch: Arch = "llama", seed: int = 0) -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _hf_tokenizer(arch)
-    common = dict(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN_SIZE, intermediate_size=2 * HIDDEN_SIZE,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    )
+    common = {
+        "vocab_size": len(tokenizer), "hidden_size": HIDDEN_SIZE, "intermediate_size": 2 * HIDDEN_SIZE,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+    }
     if arch == "llama":
         eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
         config = AutoConfig.for_model(
@@ -155,6 +155,6 @@ def build_tiny_llm(out_dir: str | Path, arch: Arch = "llama", seed: int = 0) -> 
 
 
 def main(args: argparse.Namespace) -> int:
-    path = build_tiny_llm(args.out)
-    print(f"tiny LLM written to {path}")
+    path = build_tiny_llm(args.out, arch=args.arch, seed=args.seed)
+    print(f"tiny {args.arch} LLM written to {path}")
     return 0

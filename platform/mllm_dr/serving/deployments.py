@@ -129,11 +129,11 @@ class Preprocessor:
         self._check_probe()  # warm-up: builds the encoders and proves decoding works before traffic arrives
 
     async def process(self, job: MediaJob) -> Outcome:
-        return await asyncio.to_thread(self._process, job)
+        return await asyncio.to_thread(self._process, job, self.limits.upload_tmp_dir)
 
-    def _process(self, job: MediaJob) -> Outcome:
+    def _process(self, job: MediaJob, tmp_parent: str | None) -> Outcome:
         try:
-            with private_tempdir(self.limits.upload_tmp_dir) as folder:
+            with private_tempdir(tmp_parent) as folder:
                 record = process_video(str(self._materialise(job, folder)), None, self.pipeline)
         except UserError as exc:
             return Outcome(status=422, reason=one_line(exc))
@@ -170,7 +170,7 @@ class Preprocessor:
             await asyncio.to_thread(self._check_probe)
 
     def _check_probe(self) -> None:
-        outcome = self._process(MediaJob("health-probe", self._probe, ".mp4"))
+        outcome = self._process(MediaJob("health-probe", self._probe, ".mp4"), None)  # not in the uploads folder
         if not outcome.ok:
             raise RuntimeError(f"the preprocessing probe failed: {outcome.reason}")
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mllm_dr.config import load_config
 from mllm_dr.data.distill import rationale_lookup
+from mllm_dr.data.preprocess import read_manifest
 from mllm_dr.data.records import records_dir, table_to_records
 from mllm_dr.errors import UserError
 from mllm_dr.questionnaires import get_questionnaire
@@ -61,17 +63,16 @@ def count_labelled(store: Location, split: str) -> int:
 
 def feature_dims(store: Location) -> dict[str, int]:
     """Each modality's feature width: from the manifest's encoders, else from the first rows that carry it."""
-    manifest = store.join("manifest.json")
-    if manifest.exists():
-        encoders = json.loads(manifest.read_text()).get("encoders") or {}
-        dims = {m: int(e["dim"]) for m, e in encoders.items() if m in ("audio", "video") and "dim" in e}
-        if dims:
-            return dims
+    encoders = (read_manifest(store) or {}).get("encoders") or {}
+    from_manifest = {m: int(e["dim"]) for m, e in encoders.items() if m in ("audio", "video") and "dim" in e}
+    if from_manifest:
+        return from_manifest
     dims: dict[str, int] = {}
     for part in _parts(store):
         with part.open("rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=32, columns=["interview_id", "audio", "video", "status"]):
-                for record in table_to_records(_as_table(batch)):
+            batches = pq.ParquetFile(f).iter_batches(batch_size=32, columns=["interview_id", "audio", "video", "status"])
+            for batch in batches:
+                for record in table_to_records(pa.Table.from_batches([batch])):
                     for modality in ("audio", "video"):
                         value = getattr(record, modality)
                         if record.ok and value is not None and value.ndim == 2:
@@ -79,12 +80,6 @@ def feature_dims(store: Location) -> dict[str, int]:
                 if len(dims) == 2:
                     return dims
     return dims
-
-
-def _as_table(batch: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.Table.from_batches([batch])
 
 
 def plan_run(config: TrainConfig) -> tuple[WorkerPlan, Location]:
@@ -117,18 +112,20 @@ def plan_run(config: TrainConfig) -> tuple[WorkerPlan, Location]:
     return plan, store
 
 
-def build_trainer(config: TrainConfig) -> tuple[Any, WorkerPlan]:
-    """The ``TorchTrainer`` of a run (not started) and the plan its workers get."""
+def build_trainer(plan: WorkerPlan, store: Location) -> Any:
+    """The ``TorchTrainer`` of a planned run (not started)."""
     import ray.data
     import ray.train
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
-    plan, store = plan_run(config)
+    config = plan.config
     rows = ray.data.read_parquet(records_dir(store).uri, filesystem=store.arrow_filesystem(), columns=TRAIN_COLUMNS)
     usable = (col("status") == "ok") & col("item_scores").is_not_null()
+    # Train streams (re-read every epoch, split across workers); dev is small and every worker reads all of it
+    # every epoch, so it is read once into the object store.
     datasets = {"train": rows.filter(expr=usable & (col("split") == config.data.train_split)),
-                "dev": rows.filter(expr=usable & (col("split") == config.data.dev_split))}
+                "dev": rows.filter(expr=usable & (col("split") == config.data.dev_split)).materialize()}
     storage = resolve(config.run.storage)
     scaling = config.scaling
     run_config = ray.train.RunConfig(
@@ -148,17 +145,17 @@ def build_trainer(config: TrainConfig) -> tuple[Any, WorkerPlan]:
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # every worker sees all of dev
     )
-    return trainer, plan
+    return trainer
 
 
 def run_training(config: TrainConfig) -> TrainResult:
     """Run (or resume) the whole two-stage training; returns once the bundle is written."""
     import ray
 
+    plan, store = plan_run(config)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
-    trainer, plan = build_trainer(config)
-    result = trainer.fit()
+    result = build_trainer(plan, store).fit()
     if not plan.bundle.join("mllm_dr.json").exists():
         raise RuntimeError(f"training finished but wrote no bundle at {plan.bundle.uri}")
     return TrainResult(metrics=dict(result.metrics or {}),
