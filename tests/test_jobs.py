@@ -112,12 +112,20 @@ def _stop(head: subprocess.Popen) -> None:
         pass
 
 
-def submit(cli, head: Head, spec: str, *overrides: str, env: dict | None = None):
-    args = ["submit", str(REPO / "jobs" / spec), "--address", head.address, "--wait", "--timeout", "300",
-            "--set", "runtime_env.pip=null"]
+def mllm_dr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``mllm-dr ARGS`` as a user runs it, in a subprocess (module fixtures cannot use the function-scoped ``cli``)."""
+    return subprocess.run([sys.executable, "-m", "mllm_dr.cli", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+
+
+def submit(head: Head, spec: str, *overrides: str, wait: str = "300", env: dict | None = None):
+    """Submit ``jobs/<spec>`` with ``--set`` overrides; pip off: the head runs in this venv, like a baked image."""
+    args = ["submit", str(REPO / "jobs" / spec), "--address", head.address, "--set", "runtime_env.pip=null"]
+    if wait:
+        args += ["--wait", "--timeout", wait]
     for override in overrides:
         args += ["--set", override]
-    return cli(*args, env=env or head.client_env(), timeout=400)
+    return mllm_dr(*args, env=head.client_env() if env is None else env)
 
 
 @dataclass(frozen=True)
@@ -127,13 +135,13 @@ class PreprocessJob:
 
 
 @pytest.fixture(scope="module")
-def preprocess_job(cli, ray_head, s3_server, tmp_path_factory) -> PreprocessJob:
+def preprocess_job(ray_head, s3_server, tmp_path_factory) -> PreprocessJob:
     """Three synthetic interviews (one per split) preprocessed by a job into an S3 store; the training job reuses it."""
     raw = tmp_path_factory.mktemp("raw")
     synthesize(str(raw), interviews=3, seed=3, seconds=3.0)
     store = s3_server.make_bucket("jobs-store") + "/edaic"
     entrypoint = f"mllm-dr --s3-endpoint {s3_server.endpoint} preprocess --source {raw} --out {store}"
-    return PreprocessJob(submit(cli, ray_head, "preprocess.yaml", f"entrypoint={entrypoint}"), store)
+    return PreprocessJob(submit(ray_head, "preprocess.yaml", f"entrypoint={entrypoint}"), store)
 
 
 def test_preprocess_job_succeeds_and_writes_the_store(preprocess_job):
@@ -148,7 +156,7 @@ def test_preprocess_job_succeeds_and_writes_the_store(preprocess_job):
     assert store.join("manifest.json").exists()
 
 
-def test_training_job_succeeds_and_writes_the_bundle(cli, ray_head, preprocess_job, s3_server, tmp_path):
+def test_training_job_succeeds_and_writes_the_bundle(ray_head, preprocess_job, s3_server, tmp_path):
     """The smallest real run: tiny LLM, one multitask epoch, one Ray Train worker, DeepSpeed ZeRO-2 on CPU."""
     assert preprocess_job.result.returncode == 0, "needs the preprocess job's store"
     base_llm = build_tiny_llm(str(tmp_path / "llm"))
@@ -165,7 +173,7 @@ def test_training_job_succeeds_and_writes_the_bundle(cli, ray_head, preprocess_j
         "run": {"name": "tiny", "storage": "s3://jobs-store/runs", "max_failures": 0},
     }))
     # The S3 endpoint (not a secret) travels in the job's env_vars to the driver and every Ray Train worker.
-    result = submit(cli, ray_head, "train.yaml", f"entrypoint=mllm-dr train --config {config}",
+    result = submit(ray_head, "train.yaml", f"entrypoint=mllm-dr train --config {config}",
                     "entrypoint_num_cpus=0", f"runtime_env.env_vars.{S3_ENDPOINT_ENV}={s3_server.endpoint}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "model bundle: s3://jobs-store/runs/tiny/bundle" in result.stdout
@@ -173,8 +181,8 @@ def test_training_job_succeeds_and_writes_the_bundle(cli, ray_head, preprocess_j
     assert bundle.join("mllm_dr.json").exists() and bundle.join("multimodal.safetensors").exists()
 
 
-def test_failing_entrypoint_gives_nonzero_exit_and_the_jobs_error(cli, ray_head, tmp_path):
-    result = submit(cli, ray_head, "preprocess.yaml",
+def test_failing_entrypoint_gives_nonzero_exit_and_the_jobs_error(ray_head, tmp_path):
+    result = submit(ray_head, "preprocess.yaml",
                     f"entrypoint=mllm-dr preprocess --source {tmp_path}/missing --out {tmp_path}/store")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
@@ -183,21 +191,19 @@ def test_failing_entrypoint_gives_nonzero_exit_and_the_jobs_error(cli, ray_head,
     assert not (tmp_path / "store").exists()
 
 
-def test_submission_without_the_token_is_refused_in_one_line(cli, ray_head, tmp_path):
+def test_submission_without_the_token_is_refused_in_one_line(ray_head, tmp_path):
     wrong = tmp_path / "wrong_token"
     wrong.write_text("not-the-token")
     for env in ({"RAY_AUTH_MODE": "disabled"}, ray_head.client_env(RAY_AUTH_TOKEN_PATH=str(wrong))):
-        result = submit(cli, ray_head, "preprocess.yaml", env=env)
+        result = submit(ray_head, "preprocess.yaml", env=env)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
         assert "token" in result.stderr and "not-the-token" not in result.stderr
 
 
-def test_without_wait_prints_the_id_and_returns(cli, ray_head, tmp_path):
-    result = cli("submit", str(REPO / "jobs" / "preprocess.yaml"), "--address", ray_head.address,
-                 "--set", "runtime_env.pip=null",
-                 "--set", f"entrypoint=mllm-dr synth --out {tmp_path}/raw --interviews 1 --seconds 2",
-                 env=ray_head.client_env())
+def test_without_wait_prints_the_id_and_returns(ray_head, tmp_path):
+    result = submit(ray_head, "preprocess.yaml", f"entrypoint=mllm-dr synth --out {tmp_path}/raw --interviews 1 "
+                    "--seconds 2", wait="")
     assert result.returncode == 0, result.stderr
     submission_id = result.stdout.strip()
     assert submission_id.startswith("raysubmit_") and "ray job logs" in result.stderr
@@ -213,11 +219,9 @@ def test_without_wait_prints_the_id_and_returns(cli, ray_head, tmp_path):
     assert (tmp_path / "raw" / "labels.csv").exists()
 
 
-def test_wait_is_bounded_by_timeout(cli, ray_head, tmp_path):
-    result = cli("submit", str(REPO / "jobs" / "preprocess.yaml"), "--address", ray_head.address, "--wait",
-                 "--timeout", "0.5", "--set", "runtime_env.pip=null",
-                 "--set", f"entrypoint=mllm-dr synth --out {tmp_path}/raw --interviews 4 --seconds 20",
-                 env=ray_head.client_env())
+def test_wait_is_bounded_by_timeout(ray_head, tmp_path):
+    result = submit(ray_head, "preprocess.yaml", f"entrypoint=mllm-dr synth --out {tmp_path}/raw --interviews 4 "
+                    "--seconds 20", wait="0.5")
     assert result.returncode == 3, result.stderr
     assert "it keeps running" in result.stderr.strip().splitlines()[-1]
     submission_id = result.stdout.splitlines()[0]
