@@ -118,7 +118,9 @@ def paired_overhead(model, records: list[InterviewRecord], url: str, token: str,
             local.append(t1 - t0)
             remote.append(t2 - t1)
             server_model.append(response.json()["timing_ms"]["model"] / 1000)
-    ms = lambda values: round(statistics.median(values) * 1000, 1)  # noqa: E731
+    def ms(values: list[float]) -> float:
+        return round(statistics.median(values) * 1000, 1)
+
     return {"in_process_p50_ms": ms(local), "http_p50_ms": ms(remote),
             "overhead_p50_ms": ms([r - l for r, l in zip(remote, local)]),
             "ratio": round(statistics.median(remote) / statistics.median(local), 3),

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import requests
 
-
 # Small but real: the pipeline's own encoders on 64-pixel frames, a 1-layer LQ-former with 4 queries.
 PIPELINE = {"media": {"frame_rate": 1.0, "frame_size": 64}}
 SCORER_CONFIG = {"lq_former": {"num_queries": 4, "num_layers": 1, "num_heads": 4},

@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.mark.parametrize("name", ["config.yaml", "local.yaml"])
 def test_serve_config_files_validate(name):
     path = os.path.join(REPO, "serve", name)
-    ServeDeploySchema.model_validate(yaml.safe_load(open(path)))
+    with open(path) as f:
+        ServeDeploySchema.model_validate(yaml.safe_load(f))
     args, http_options = read_serve_config_file(path)
     config = parse_serving_config(args)
     assert http_options["port"] == 8000

@@ -52,11 +52,10 @@ def test_no_tokens_refuses_to_start_unless_insecure(monkeypatch):
 
 def test_private_tempdir_is_0700_and_removed_even_on_error(tmp_path):
     parent = tmp_path / "uploads"
-    with pytest.raises(RuntimeError):
-        with private_tempdir(str(parent)) as folder:
-            (folder / "interview.mp4").write_bytes(b"media")
-            assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-            raise RuntimeError("decoder failed")
+    with pytest.raises(RuntimeError), private_tempdir(str(parent)) as folder:
+        (folder / "interview.mp4").write_bytes(b"media")
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        raise RuntimeError("decoder failed")
     assert parent.exists() and list(parent.iterdir()) == []
 
 
@@ -74,3 +73,12 @@ def test_local_video_paths_only_inside_allowed_roots(tmp_path):
         local_video_path(str(allowed / ".." / "secret.mp4"), [str(allowed)])
     with pytest.raises(UserError, match="no such file"):
         local_video_path(str(allowed / "missing.mp4"), [str(allowed)])
+
+
+def test_serve_command_refuses_to_start_without_tokens_or_bundle(cli, tmp_path):
+    """Both checks happen before any Ray or Serve starts: a one-line error and exit code 2."""
+    no_tokens = cli("serve", "--model", str(tmp_path), env={TOKENS_ENV: ""})
+    assert no_tokens.returncode == 2
+    assert no_tokens.stderr.startswith("error: no API tokens") and "Traceback" not in no_tokens.stderr
+    no_bundle = cli("serve", "--model", str(tmp_path), env={TOKENS_ENV: "a-token"})
+    assert no_bundle.returncode == 2 and "is not a model bundle" in no_bundle.stderr

@@ -26,8 +26,8 @@ EPOCHS = 3
 
 def final_checkpoint(run_dir) -> Path:
     """The newest checkpoint directory of a local run."""
-    return max(Path(run_dir).glob("checkpoint_*"), key=lambda p: json.loads((p / "state.json").read_text())
-               ["global_step"])
+    folders = [p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir()]
+    return max(folders, key=lambda p: state_of(p)["global_step"])
 
 
 def state_of(checkpoint: Path) -> dict:

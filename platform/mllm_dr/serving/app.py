@@ -27,8 +27,8 @@ from ray.serve.handle import DeploymentHandle
 
 from mllm_dr import __version__
 from mllm_dr.data.records import InterviewRecord
-from mllm_dr.errors import UserError
 from mllm_dr.data.samples import LANGUAGES
+from mllm_dr.errors import UserError
 from mllm_dr.serving.api import (
     OPENAPI_REQUEST_BODY,
     Assessment,
@@ -144,11 +144,11 @@ class Ingress:
         timeout = self.limits.request_timeout_s
         try:
             timing = await asyncio.wait_for(self._preprocess_and_score(record, parsed), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HTTPException(504, f"the assessment took longer than the {timeout:g} s limit") from None
         except HTTPException:
             raise
-        except Exception as exc:  # a fault of ours, not the input's: log where, never the message
+        except Exception as exc:  # noqa: BLE001 - our fault, not the input's: log where, never the message
             logger.error("assessment %s failed: %s\n%s", assessment_id, type(exc).__name__,
                          "".join(traceback.format_tb(exc.__traceback__)))
             raise HTTPException(500, f"internal error (assessment {assessment_id})") from None
@@ -208,12 +208,15 @@ def main(args: argparse.Namespace) -> int:
     """``mllm-dr serve``: a local Ray, Serve on ``--host:--port``, until Ctrl-C."""
     import ray
 
+    from mllm_dr.model.bundle import read_bundle_description
+
     raw, http_options = read_serve_config_file(args.config) if args.config else ({}, {})
     raw = {**raw, "model": {**raw.get("model", {}), "bundle": args.model}}
     if args.insecure_no_auth:
         raw["auth"] = {**raw.get("auth", {}), "insecure_no_auth": True}
     config = parse_serving_config(raw, f"serving config{f' {args.config}' if args.config else ''}")
     Authenticator(load_tokens(config.auth.token_file), config.auth.insecure_no_auth)  # refuse early, here
+    read_bundle_description(config.model.bundle)  # a wrong --model is a one-line error, not a failed deployment
     if config.auth.insecure_no_auth:
         print("warning: authentication is OFF (--insecure-no-auth); anyone who can reach the port can use it")
     host = args.host or http_options.get("host", "127.0.0.1")

@@ -40,7 +40,8 @@ class Limits(StrictModel):
 
 
 class Auth(StrictModel):
-    token_file: str | None = Field(None, description="file with one bearer token per line (added to $MLLM_DR_API_TOKENS)")
+    token_file: str | None = Field(
+        None, description="file with one bearer token per line (added to those in $MLLM_DR_API_TOKENS)")
     insecure_no_auth: bool = Field(False, description="accept requests without a token (local use only)")
 
 
