@@ -103,13 +103,19 @@ class TreeCpu:
             self._sample()
 
     def _sample(self) -> None:
+        """Read every process; a role sticks to a process once seen and passes to its children (decoders)."""
+        roles_by_pid = {pid: role for (pid, _), (role, _) in self.latest.items()}
         for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
             try:
                 with process.oneshot():
-                    key, times, command = (process.pid, process.create_time()), process.cpu_times(), process.cmdline()
+                    key, times = (process.pid, process.create_time()), process.cpu_times()
+                    command, parent = " ".join(process.cmdline()), process.ppid()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            role = next((name for name, marks in self.ROLES if any(m in " ".join(command) for m in marks)), "other")
+            role = next((name for name, marks in self.ROLES if any(m in command for m in marks)), None)
+            known = self.latest.get(key, ("other", 0.0))[0]
+            role = role or (known if known != "other" else roles_by_pid.get(parent, "other"))
+            roles_by_pid[process.pid] = role
             self.latest[key] = (role, times.user + times.system)
 
 

@@ -159,7 +159,8 @@ def test_rayjob_trains_with_a_valid_mllm_dr_command():
     spec = manifest("rayjob.yaml")["spec"]
     words = spec["entrypoint"].split()
     assert words[:2] == ["mllm-dr", "train"]
-    build_parser().parse_args(words[1:])
+    args = build_parser().parse_args(words[1:])
+    assert (REPO / Path(args.config).relative_to("/home/ray/mllm-dr")).exists()  # the image holds the repository
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert not any("TOKEN" in k or "SECRET" in k for k in runtime_env.get("env_vars", {}))
 
@@ -183,6 +184,25 @@ def test_job_spec_parses_and_its_entrypoint_is_an_mllm_dr_command(path):
     assert any("constraints.txt" in line for line in env.pip.packages)
     config = getattr(args, "config", None)  # relative to working_dir, the repository
     assert config is None or (REPO / config).exists(), f"{config} referenced by {path.name} is missing"
+
+
+def _entrypoint_args(stage: str):
+    return build_parser().parse_args(load_job_spec(REPO / "jobs" / f"{stage}.yaml").entrypoint.split()[1:])
+
+
+def test_the_stages_chain_together_on_the_cluster():
+    """What one stage writes is what the next reads, down to the model that serve/config.yaml serves."""
+    from mllm_dr.config import load_config
+    from mllm_dr.train.config import TrainConfig
+
+    preprocess, distill, train = (_entrypoint_args(s) for s in ("preprocess", "distill", "train"))
+    evaluate, score = _entrypoint_args("evaluate"), _entrypoint_args("score")
+    config = load_config(TrainConfig, REPO / train.config)
+    assert config.data.store == preprocess.out == distill.store == evaluate.store
+    assert config.data.rationales == distill.out
+    served = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]["args"]["model"]
+    assert evaluate.model == score.model == served["bundle"]
+    assert config.model.base_llm == served["base_llm"]
 
 
 def test_dry_run_prints_the_equivalent_ray_job_submit_command(cli):
@@ -238,5 +258,5 @@ def test_no_address_is_a_one_line_error(tmp_path):
     spec.write_text("entrypoint: mllm-dr synth --out x\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     result = subprocess.run([sys.executable, "-m", "mllm_dr.cli", "submit", str(spec)], capture_output=True,
-                            text=True, env=env, timeout=120)
+                            text=True, env=env, timeout=120, check=False)
     assert result.returncode == 2 and "no cluster address" in result.stderr

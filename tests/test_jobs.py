@@ -115,7 +115,7 @@ def _stop(head: subprocess.Popen) -> None:
 def mllm_dr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """``mllm-dr ARGS`` as a user runs it, in a subprocess (module fixtures cannot use the function-scoped ``cli``)."""
     return subprocess.run([sys.executable, "-m", "mllm_dr.cli", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **env})
+                          env={**os.environ, **env}, check=False)
 
 
 def submit(head: Head, spec: str, *overrides: str, wait: str = "300", env: dict | None = None):
@@ -173,8 +173,8 @@ def test_training_job_succeeds_and_writes_the_bundle(ray_head, preprocess_job, s
         "run": {"name": "tiny", "storage": "s3://jobs-store/runs", "max_failures": 0},
     }))
     # The S3 endpoint (not a secret) travels in the job's env_vars to the driver and every Ray Train worker.
-    result = submit(ray_head, "train.yaml", f"entrypoint=mllm-dr train --config {config}",
-                    "entrypoint_num_cpus=0", f"runtime_env.env_vars.{S3_ENDPOINT_ENV}={s3_server.endpoint}")
+    result = submit(ray_head, "train.yaml", f"entrypoint=mllm-dr train --config {config}", "entrypoint_num_cpus=0",
+                    f"runtime_env.env_vars.{S3_ENDPOINT_ENV}={s3_server.endpoint}", wait="540")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "model bundle: s3://jobs-store/runs/tiny/bundle" in result.stdout
     bundle = resolve("s3://jobs-store/runs/tiny/bundle")

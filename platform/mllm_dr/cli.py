@@ -126,8 +126,11 @@ def _serve(p: argparse.ArgumentParser) -> None:
 @command("submit", "submit a job spec to a Ray cluster", "mllm_dr.jobs:main")
 def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="job spec YAML (see jobs/)")
-    p.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
-    p.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
+    p.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS); "
+                                      "clusters with token auth need RAY_AUTH_MODE=token and the cluster's token "
+                                      "in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the logs; exit 0 if the job succeeded, 1 (with its error) if not")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="with --wait: stop following after this long (exit 3; the job keeps running)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

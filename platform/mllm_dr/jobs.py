@@ -248,6 +248,7 @@ def submit(spec: JobSpec, address: str, wait: bool = False, timeout_s: float | N
 
 
 def _wait(client, submission_id: str, timeout_s: float | None) -> int:
+    import aiohttp
     from ray.job_submission import JobStatus
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -255,7 +256,7 @@ def _wait(client, submission_id: str, timeout_s: float | None) -> int:
         asyncio.run(asyncio.wait_for(_print_logs(client, submission_id), timeout_s))
     except TimeoutError:
         pass
-    except Exception as exc:  # a dropped log stream must not lose the job's outcome: fall back to polling
+    except (aiohttp.ClientError, OSError, RuntimeError) as exc:  # a dropped log stream must not lose the outcome
         print(f"(log stream ended early: {_first_line(exc)}; polling the job status)", file=sys.stderr)
     status = client.get_job_status(submission_id)
     while not status.is_terminal() and (deadline is None or time.monotonic() < deadline):

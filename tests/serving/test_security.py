@@ -75,10 +75,13 @@ def test_local_video_paths_only_inside_allowed_roots(tmp_path):
         local_video_path(str(allowed / "missing.mp4"), [str(allowed)])
 
 
-def test_serve_command_refuses_to_start_without_tokens_or_bundle(cli, tmp_path):
-    """Both checks happen before any Ray or Serve starts: a one-line error and exit code 2."""
-    no_tokens = cli("serve", "--model", str(tmp_path), env={TOKENS_ENV: ""})
-    assert no_tokens.returncode == 2
-    assert no_tokens.stderr.startswith("error: no API tokens") and "Traceback" not in no_tokens.stderr
-    no_bundle = cli("serve", "--model", str(tmp_path), env={TOKENS_ENV: "a-token"})
-    assert no_bundle.returncode == 2 and "is not a model bundle" in no_bundle.stderr
+def test_serve_command_refuses_to_start_without_tokens_or_bundle(tmp_path, monkeypatch, capsys):
+    """Both checks come before Ray or Serve start: a one-line error and exit code 2."""
+    from mllm_dr.cli import main
+
+    monkeypatch.delenv(TOKENS_ENV, raising=False)
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no API tokens")
+    monkeypatch.setenv(TOKENS_ENV, "a-token")
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "is not a model bundle" in capsys.readouterr().err

@@ -26,8 +26,8 @@ EPOCHS = 3
 
 def final_checkpoint(run_dir) -> Path:
     """The newest checkpoint directory of a local run."""
-    folders = [p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir()]
-    return max(folders, key=lambda p: state_of(p)["global_step"])
+    return max((p.parent for p in Path(run_dir).glob("checkpoint_*/state.json")),
+               key=lambda p: state_of(p)["global_step"])
 
 
 def state_of(checkpoint: Path) -> dict:
@@ -106,13 +106,13 @@ def test_zero3_checkpoints_on_s3_and_rerunning_the_name_resumes_there(
     with pytest.raises(TrainingFailedError):
         run_training(TrainConfig.model_validate(values))
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server.endpoint}, skip_instance_cache=True)
-    states = [json.loads(fs.cat(f"{p}/state.json")) for p in fs.glob("train-runs/runs/zero3/checkpoint_*")]
+    states = [json.loads(fs.cat(p)) for p in fs.glob("train-runs/runs/zero3/checkpoint_*/state.json")]
     assert [s["global_step"] for s in states] == [4]  # the align stage's checkpoint, on S3
     align = states[0]["history"][0]
 
     result = run_training(TrainConfig.model_validate(values))  # same name: resumes (the fault is disarmed)
     fs.invalidate_cache()
-    final = max((json.loads(fs.cat(f"{p}/state.json")) for p in fs.glob("train-runs/runs/zero3/checkpoint_*")),
+    final = max((json.loads(fs.cat(p)) for p in fs.glob("train-runs/runs/zero3/checkpoint_*/state.json")),
                 key=lambda s: s["global_step"])
     assert result.metrics["global_step"] == final["global_step"] == EPOCHS * STEPS_PER_EPOCH
     assert final["history"][0] == align  # the align epoch was not run again

@@ -3,23 +3,28 @@
 Decoding is sequential (one demux pass over both streams, no per-frame seeks) with FFmpeg frame threading,
 and frames are picked by presentation time, so sampling is exact whatever the source frame rate: sample
 ``k`` is the frame on screen at ``start + k / frame_rate``. FFmpeg can crash or hang on some damaged files
-(PyAV issue 2344), so the pipeline calls :func:`decode_isolated`, which decodes in a child process with a
-wall-clock limit and turns a crash or a hang into a one-line :class:`MediaError`.
+(PyAV issue 2344), so the pipeline calls :func:`decode_isolated`, which decodes in a long-lived child process
+with a per-file wall-clock limit and turns a crash or a hang into a one-line :class:`MediaError` (the child is
+then replaced).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import av
 import numpy as np
+from av.stream import Disposition
 
 from mllm_dr.config import AUDIO_SAMPLE_RATE, MediaConfig, MediaLimits
 from mllm_dr.errors import UserError
@@ -101,13 +106,12 @@ def decode(path: str, config: MediaConfig) -> DecodedMedia:
     with _open(path) as container:
         info = _describe(container, path)
         check_limits(info, config.limits)
-        audio = container.streams.audio[0] if container.streams.audio else None
-        video = container.streams.video[0] if container.streams.video else None
+        audio, video = _recording_streams(container)
         if video is not None:
             video.codec_context.thread_type = "AUTO"
             video.codec_context.thread_count = config.decode_threads
         resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE) if audio else None
-        origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+        origin = max(container.start_time / av.time_base, 0.0) if container.start_time is not None else 0.0
         sampler = FrameSampler(config.frame_rate, config.frame_size, origin) if video else None
         chunks: list[np.ndarray] = []
         position = 0.0
@@ -198,57 +202,119 @@ def decode_isolated(path: str, config: MediaConfig) -> DecodedMedia:
     """:func:`decode` in a child process with ``config.limits.decode_timeout_s``.
 
     A crash (segfault, abort, out of memory) or a hang inside FFmpeg kills only the child and comes back as a
-    one-line :class:`MediaError`; the worker calling this carries on with the next file.
+    one-line :class:`MediaError`; the caller carries on with the next file. Children are long-lived (one per
+    concurrent caller) so a file costs no interpreter start; a crashed or stopped child is replaced.
     """
-    timeout = config.limits.decode_timeout_s
-    with tempfile.TemporaryDirectory(prefix="mllm-dr-decode-") as workdir:
-        command = [sys.executable, "-m", "mllm_dr.data.media", path, config.model_dump_json(), workdir]
-        try:
-            child = subprocess.run(command, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, timeout=timeout, start_new_session=True)
-        except subprocess.TimeoutExpired:
-            raise MediaError(f"decoding did not finish within {timeout:g} s "
-                             "(media.limits.decode_timeout_s); the decoder was stopped") from None
-        result_path = os.path.join(workdir, "result.json")
-        if child.returncode != 0 or not os.path.exists(result_path):
-            raise MediaError(_crash_reason(child.returncode, child.stderr))
-        with open(result_path) as f:
-            result = json.load(f)
-        if result.get("error"):
-            raise MediaError(result["error"])
-        arrays = {name: np.load(os.path.join(workdir, f"{name}.npy")) if result[f"has_{name}"] else None
-                  for name in ("waveform", "frames")}
+    decoder = _POOL.acquire()
+    try:
+        return decoder.decode(path, config)
+    finally:
+        _POOL.release(decoder)
+
+
+def prestart_decoder() -> None:
+    """Start one decoding child now (e.g. when a pipeline worker starts) instead of on the first file."""
+    _POOL.release(_POOL.acquire())
+
+
+class _DecoderChild:
+    """One decoding child: requests as JSON lines on its stdin, answers as JSON lines, arrays as .npy files."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mllm_dr.data.media"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, start_new_session=True, text=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def decode(self, path: str, config: MediaConfig) -> DecodedMedia:
+        timeout = config.limits.decode_timeout_s
+        with tempfile.TemporaryDirectory(prefix="mllm-dr-decode-") as workdir:
+            request = {"path": path, "config": config.model_dump(mode="json"), "workdir": workdir}
+            try:
+                self.process.stdin.write(json.dumps(request) + "\n")
+                self.process.stdin.flush()
+            except BrokenPipeError:
+                raise MediaError(self._death()) from None
+            ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+            if not ready:
+                self.stop()
+                raise MediaError(f"decoding did not finish within {timeout:g} s "
+                                 "(media.limits.decode_timeout_s); the decoder was stopped")
+            line = self.process.stdout.readline()
+            if not line:
+                raise MediaError(self._death())
+            result = json.loads(line)
+            if result.get("error"):
+                raise MediaError(result["error"])
+            arrays = {name: np.load(os.path.join(workdir, f"{name}.npy")) if result[f"has_{name}"] else None
+                      for name in ("waveform", "frames")}
         return DecodedMedia(waveform=arrays["waveform"], frames=arrays["frames"],
                             frame_rate=result["frame_rate"], duration_s=result["duration_s"])
 
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
-def _child_main(path: str, config_json: str, workdir: str) -> int:
-    """Entry point of the decoding child: results as .npy files + result.json, errors as a reason in the JSON."""
-    result: dict = {}
-    try:
-        decoded = decode(path, MediaConfig.model_validate_json(config_json))
-        for name in ("waveform", "frames"):
-            value = getattr(decoded, name)
-            result[f"has_{name}"] = value is not None
-            if value is not None:
-                np.save(os.path.join(workdir, f"{name}.npy"), value)
-        result.update(frame_rate=decoded.frame_rate, duration_s=decoded.duration_s)
-    except MediaError as exc:
-        result = {"error": str(exc)}
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(result, f)
-    return 0
+    def _death(self) -> str:
+        code = self.process.wait()
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the decoder crashed ({name}); the file is probably corrupt"
+        return f"the decoder exited unexpectedly (exit code {code})"
 
 
-def _crash_reason(returncode: int, stderr: bytes) -> str:
-    if returncode < 0:
+class _DecoderPool:
+    """Idle decoding children of this process, shared by its threads (a serving replica decodes concurrently)."""
+
+    def __init__(self) -> None:
+        self._idle: list[_DecoderChild] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> _DecoderChild:
+        with self._lock:
+            while self._idle:
+                child = self._idle.pop()
+                if child.alive:
+                    return child
+        return _DecoderChild()
+
+    def release(self, child: _DecoderChild) -> None:
+        if child.alive:
+            with self._lock:
+                self._idle.append(child)
+
+
+_POOL = _DecoderPool()
+
+
+def _serve() -> int:
+    """The decoding child's loop: one request per line on stdin until EOF (the parent went away)."""
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
+    for line in sys.stdin:
+        request = json.loads(line)
         try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"the decoder crashed ({name}); the file is probably corrupt"
-    last = (stderr or b"").decode("utf-8", "replace").strip().splitlines()
-    return f"the decoder failed (exit code {returncode}): {last[-1] if last else 'no message'}"
+            decoded = decode(request["path"], MediaConfig.model_validate(request["config"]))
+            result = {"frame_rate": decoded.frame_rate, "duration_s": decoded.duration_s}
+            for name in ("waveform", "frames"):
+                value = getattr(decoded, name)
+                result[f"has_{name}"] = value is not None
+                if value is not None:
+                    np.save(os.path.join(request["workdir"], f"{name}.npy"), value)
+        except MediaError as exc:
+            result = {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure is this file's problem; keep serving
+            result = {"error": f"decoding failed: {type(exc).__name__}: {exc}"}
+        protocol.write(json.dumps(result) + "\n")
+        protocol.flush()
+    return 0
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -269,8 +335,7 @@ def _describe(container: av.container.InputContainer, path: str) -> MediaInfo:
     fmt = container.format.name
     if fmt in _NOT_RECORDINGS or fmt.endswith("_pipe"):
         raise MediaError(f"a still image or text ({fmt}), not an audio/video recording")
-    audio = container.streams.audio[0] if container.streams.audio else None
-    video = container.streams.video[0] if container.streams.video else None
+    audio, video = _recording_streams(container)
     if audio is None and video is None:
         raise MediaError(f"no audio or video stream ({fmt} container)")
     fields = {"path": path, "format": fmt, "size_bytes": size, "duration_s": _duration_s(container)}
@@ -282,6 +347,14 @@ def _describe(container: av.container.InputContainer, path: str) -> MediaInfo:
         fields.update(audio_codec=audio.codec_context.name, sample_rate=audio.codec_context.sample_rate,
                       channels=audio.codec_context.channels)
     return MediaInfo(**fields)
+
+
+def _recording_streams(container: av.container.InputContainer) -> tuple[av.AudioStream | None,
+                                                                        av.VideoStream | None]:
+    """The first audio stream and the first real video stream (not an album-cover picture in an audio file)."""
+    audio = container.streams.audio[0] if container.streams.audio else None
+    video = next((s for s in container.streams.video if not s.disposition & Disposition.attached_pic), None)
+    return audio, video
 
 
 def _duration_s(container: av.container.InputContainer) -> float:
@@ -299,4 +372,4 @@ def _ffmpeg_reason(exc: av.FFmpegError) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(*sys.argv[1:4]))
+    sys.exit(_serve())

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import mllm_dr
 from mllm_dr.config import PreprocessConfig, load_config
 from mllm_dr.data.corpora import get_format
-from mllm_dr.data.media import MediaError
+from mllm_dr.data.media import MediaError, prestart_decoder
 from mllm_dr.data.records import (
     STATUS_ERROR,
     STATUS_OK,
@@ -192,6 +192,7 @@ class LoadStage:
     def __init__(self, config_json: str, done: dict[str, str], overwrite: bool):
         self.config = PreprocessConfig.model_validate_json(config_json)
         self.done, self.overwrite = done, overwrite
+        prestart_decoder()  # its interpreter start belongs to the worker's start, not to the first file
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         rows = [_loaded_to_row(load_interview(_input_from_json(text), self.config, self.done, self.overwrite))

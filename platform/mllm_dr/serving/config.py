@@ -111,10 +111,11 @@ class ServingConfig(StrictModel):
     model: ModelSource
     limits: Limits = Limits()
     auth: Auth = Auth()
+    # Defaults fit one 2-core machine (1.6 CPUs in all); serve/config.yaml sizes a GPU cluster.
     ingress: DeploymentOptions = DeploymentOptions(
-        num_cpus=0.25, max_ongoing_requests=64, autoscaling=Autoscaling(target_ongoing_requests=32))
-    preprocessor: PreprocessorOptions = PreprocessorOptions(max_ongoing_requests=2, autoscaling=Autoscaling(
-        target_ongoing_requests=1))
+        num_cpus=0.1, max_ongoing_requests=64, autoscaling=Autoscaling(target_ongoing_requests=32))
+    preprocessor: PreprocessorOptions = PreprocessorOptions(
+        num_cpus=0.5, max_ongoing_requests=2, autoscaling=Autoscaling(target_ongoing_requests=1))
     scorer: ScorerOptions = ScorerOptions(autoscaling=Autoscaling(target_ongoing_requests=8))
 
     def with_absolute_paths(self) -> ServingConfig:
