@@ -48,7 +48,6 @@ def free_port() -> int:
 class Head:
     address: str
     token_path: Path
-    root: Path
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """Token auth from this head's token file (an empty RAY_AUTH_TOKEN is ignored, a set one would win)."""
@@ -77,7 +76,7 @@ def ray_head(s3_server):
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         _wait_until_up(head, address, token_path.read_text(), root / "head.log")
-        yield Head(address, token_path, root)
+        yield Head(address, token_path)
     finally:
         _stop(head)
         log.close()

@@ -107,6 +107,16 @@ def test_frames_are_picked_by_timestamp(media, name, rate):
     np.testing.assert_allclose(levels, [12 * i for i in expected_sources], atol=5)  # neighbours differ by 12
 
 
+def test_display_rotation_is_applied(tmp_path):
+    """A phone-style file stored sideways with 'rotate 90 degrees clockwise' metadata comes out upright."""
+    left_half_white = np.zeros((120, 160, 3), np.uint8)
+    left_half_white[:, :80] = 255
+    write_recording(str(tmp_path / "portrait.mp4"), 2, video=lambda t: left_half_white, fps=FPS,
+                    display_rotation=-90)
+    frames = decode(str(tmp_path / "portrait.mp4"), MediaConfig(frame_size=SIZE)).frames
+    assert frames[:, : SIZE // 2 - 2].min() > 200 and frames[:, SIZE // 2 + 2:].max() < 50  # left went to the top
+
+
 def test_isolated_decoding_matches_in_process(media):
     config = MediaConfig(frame_rate=1.0, frame_size=SIZE)
     here, there = decode(str(media / "h264_aac.mp4"), config), decode_isolated(str(media / "h264_aac.mp4"), config)

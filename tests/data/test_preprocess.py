@@ -14,7 +14,7 @@ import pytest
 
 from mllm_dr.config import PreprocessConfig, load_config
 from mllm_dr.data.media import MediaError
-from mllm_dr.data.preprocess import process_video, run_preprocess
+from mllm_dr.data.preprocess import StoredRow, process_video, run_preprocess, superseded
 from mllm_dr.data.records import SCHEMA, read_records
 from mllm_dr.data.synthetic import INTERVIEWER_LEVEL, VOICE_LEVEL, malformed_files, synthesize
 from mllm_dr.data.transcripts import parse_transcript
@@ -183,6 +183,26 @@ def test_s3_source_and_store(ray_local, s3_server):
         assert record.video.shape == (int(SECONDS), 512) and record.audio.shape[1] == 80
     manifest = json.loads(store.join("manifest.json").read_text())
     assert manifest["counts"]["by_site"] == {"site_b": {"ok": 2, "error": 0, "rows": 2}}
+
+
+def test_superseded_rows():
+    """Which stored rows a run replaces: same input rewritten, interview moved, or left by an interrupted run."""
+    def row(key, uri, status, part):
+        return StoredRow(key, "s", uri, status, "sha", f"/store/records/{part}-w-00001.parquet", "{}")
+
+    older, interrupted = "20250101T000000Z-aaaaaa", "20250102T000000Z-bbbbbb"
+    existing = [row("s/1", "u1", "ok", older), row("s/2", "u2", "ok", older), row("s/3", "u3", "error", older),
+                row("s/4", "u4", "ok", older), row("s/4", "u4-copy", "error", older),
+                row("s/5", "u5-old-place", "ok", older), row("s/1", "u1", "ok", interrupted)]
+    summaries = [{"key": "s/1", "source_uri": "u1", "status": "skipped"},
+                 {"key": "s/2", "source_uri": "u2", "status": "ok"},  # changed content
+                 {"key": "s/3", "source_uri": "u3", "status": "error"},  # retried
+                 {"key": "s/4", "source_uri": "u4", "status": "skipped"},
+                 {"key": "s/4", "source_uri": "u4-copy", "status": "error"},  # the duplicate id, again
+                 {"key": "s/5", "source_uri": "u5-new-place", "status": "ok"}]  # moved
+    drop = {path.rsplit("/", 1)[1].split("-w-")[0]: ids for path, ids in superseded(existing, summaries).items()}
+    assert drop == {older: {("s/1", "u1"), ("s/2", "u2"), ("s/3", "u3"), ("s/4", "u4-copy"),
+                            ("s/5", "u5-old-place")}}
 
 
 @pytest.mark.parametrize("source, message", [

@@ -193,6 +193,8 @@ class FrameSampler:
         """Append ``frame`` as the next sample, converting each frame once even when it fills several instants."""
         if self._converted is None or self._converted[0] is not frame:
             rgb = frame.to_ndarray(format="rgb24", width=self.size, height=self.size, interpolation="AREA")
+            if frame.rotation:  # phone recordings: turn the picture the way a player would show it
+                rgb = np.ascontiguousarray(np.rot90(rgb, k=round(frame.rotation / 90) % 4))
             self._converted = (frame, rgb)
         self.samples.append(self._converted[1])
         self.next_index += 1

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from mllm_dr.data.features import AudioEncoder, VisualEncoder
 
 MANIFEST = "manifest.json"
+Identity = tuple[str, str]  # (site/interview_id, source_uri): one input's rows across runs
 STATUS_SKIPPED = "skipped"  # in the run's summary only: already in the store with the same content hash
 _HASH_BLOCK = 1 << 22
 
@@ -77,9 +78,9 @@ class Loaded:
     cpu_s: float = 0.0
 
 
-def load_interview(item: InterviewInput, config: PreprocessConfig, done: dict[str, str] | None = None,
+def load_interview(item: InterviewInput, config: PreprocessConfig, done: dict[Identity, str] | None = None,
                    overwrite: bool = False) -> Loaded:
-    """Hash the main file, skip it when ``done[key]`` has the same hash, else decode it with its format.
+    """Hash the main file, skip it when the store already has it with that hash (``done``), else decode it.
 
     Never raises for bad input: the reason goes into ``Loaded.error``.
     """
@@ -89,7 +90,7 @@ def load_interview(item: InterviewInput, config: PreprocessConfig, done: dict[st
     sha256 = ""
     try:
         with _local_main_file(item, config) as (local_item, sha256):
-            if not overwrite and done is not None and done.get(item.key) == sha256:
+            if not overwrite and done is not None and done.get((item.key, item.source_uri)) == sha256:
                 return Loaded(item, sha256, status=STATUS_SKIPPED, cpu_s=clock.elapsed())
             raw = get_format(item.format).load(local_item, config)
         return Loaded(item, sha256, raw=raw, cpu_s=clock.elapsed())
@@ -189,7 +190,7 @@ def _cached_encoders(config_json: str) -> FeatureEncoders:
 class LoadStage:
     """Actor: decode one input per call (the decoding itself runs in a child process)."""
 
-    def __init__(self, config_json: str, done: dict[str, str], overwrite: bool):
+    def __init__(self, config_json: str, done: dict[Identity, str], overwrite: bool):
         self.config = PreprocessConfig.model_validate_json(config_json)
         self.done, self.overwrite = done, overwrite
         prestart_decoder()  # its interpreter start belongs to the worker's start, not to the first file
@@ -224,6 +225,7 @@ class EncodeStage:
             record = by_key.get(x.item.key)
             summary.append({
                 "key": x.item.key, "site": x.item.site, "interview_id": x.item.interview_id,
+                "source_uri": x.item.source_uri,
                 "status": record.status if record else STATUS_SKIPPED, "error": (record.error if record else "") or "",
                 "duration_s": float(record.duration_s if record else 0.0), "part": part if record else "",
                 "load_cpu_s": x.cpu_s, "encode_cpu_s": encode_cpu if record else 0.0,
@@ -290,10 +292,20 @@ def _column(values: list[Any]) -> Any:
 class StoredRow:
     key: str
     site: str
+    source_uri: str
     status: str
     sha256: str
     part: str
     encoders: str
+
+    @property
+    def identity(self) -> Identity:
+        return self.key, self.source_uri
+
+    @property
+    def run(self) -> str:
+        """The run that wrote it: part files are named ``<run>-<worker>-<n>.parquet``, runs sort by time."""
+        return os.path.basename(self.part).rsplit("-", 2)[0]
 
 
 def scan_store(store: Location) -> list[StoredRow]:
@@ -306,19 +318,41 @@ def scan_store(store: Location) -> list[StoredRow]:
         if not part.path.endswith(".parquet"):
             continue
         with part.open("rb") as f:
-            table = pq.read_table(f, columns=["interview_id", "site", "status", "source_sha256", "encoders"])
+            table = pq.read_table(f, columns=["interview_id", "site", "source_uri", "status", "source_sha256",
+                                              "encoders"])
         for values in table.to_pylist():
-            rows.append(StoredRow(f"{values['site']}/{values['interview_id']}", values["site"], values["status"],
-                                  values["source_sha256"] or "", part.path, values["encoders"] or "{}"))
+            rows.append(StoredRow(f"{values['site']}/{values['interview_id']}", values["site"], values["source_uri"],
+                                  values["status"], values["source_sha256"] or "", part.path,
+                                  values["encoders"] or "{}"))
     return rows
 
 
-def prune_store(store: Location, drop: dict[str, set[str]]) -> None:
-    """Remove rows by key from the part files named in ``drop`` (part path -> keys), deleting emptied parts."""
-    for path, keys in drop.items():
+def superseded(existing: list[StoredRow], summaries: list[dict[str, Any]]) -> dict[str, set[Identity]]:
+    """Rows of earlier runs to drop (part path -> identities) once this run's rows are written.
+
+    A row goes when this run wrote a row for the same input (same interview and source file), when this run
+    processed its interview successfully from another file (it moved), or when a later run already replaced
+    it (an interrupted run can leave both). Rows of one run never replace each other: two inputs with the same
+    id (one of them an error row saying so) are both kept.
+    """
+    written = {(row["key"], row["source_uri"]) for row in summaries if row["status"] != STATUS_SKIPPED}
+    ok_keys = {row["key"] for row in summaries if row["status"] == STATUS_OK}
+    latest_run: dict[Identity, str] = {}
+    for row in existing:
+        latest_run[row.identity] = max(latest_run.get(row.identity, ""), row.run)
+    drop: dict[str, set[Identity]] = defaultdict(set)
+    for row in existing:
+        if row.identity in written or row.key in ok_keys or row.run < latest_run[row.identity]:
+            drop[row.part].add(row.identity)
+    return drop
+
+
+def prune_store(store: Location, drop: dict[str, set[Identity]]) -> None:
+    """Remove rows from the part files named in ``drop`` (part path -> identities), deleting emptied parts."""
+    for path, identities in drop.items():
         part = Location(store.fs, path, store.protocol)
         with part.open("rb") as f:
-            kept = [r for r in table_to_records(pq.read_table(f)) if r.key not in keys]
+            kept = [r for r in table_to_records(pq.read_table(f)) if (r.key, r.source_uri) not in identities]
         if kept:
             write_records(store, kept, os.path.splitext(os.path.basename(path))[0])
         else:
@@ -441,22 +475,12 @@ def run_preprocess(sources: list[str], out_uri: str, config: PreprocessConfig, o
                             "or visual stream); re-run with --overwrite to rebuild it, or write to a new --out")
         _remove_all(store, existing)
         existing = []
-    done = {row.key: row.sha256 for row in existing if row.status == STATUS_OK}  # the latest row of a key wins
+    done = {row.identity: row.sha256 for row in existing if row.status == STATUS_OK}  # later parts win
 
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     summaries = _run_ray_pipeline(inputs, store, config, done, overwrite, run_id, progress)
 
-    written = {row["key"] for row in summaries if row["status"] != STATUS_SKIPPED}
-    new_parts = {row["part"] for row in summaries if row["part"]}
-    drop: dict[str, set[str]] = defaultdict(set)
-    latest: dict[str, str] = {}
-    for row in existing:  # rows this run replaced, and older duplicates left by an interrupted run
-        if row.key in written and row.part not in new_parts:
-            drop[row.part].add(row.key)
-        elif row.key in latest:
-            drop[latest[row.key]].add(row.key)
-        latest[row.key] = row.part
-    prune_store(store, drop)
+    prune_store(store, superseded(existing, summaries))
 
     summary = PreprocessSummary(store_uri=store.uri, inputs=len(inputs), seconds=time.perf_counter() - started)
     site_counts: dict[str, Counter] = defaultdict(Counter)
@@ -480,7 +504,7 @@ def run_preprocess(sources: list[str], out_uri: str, config: PreprocessConfig, o
 
 
 def _run_ray_pipeline(inputs: list[InterviewInput], store: Location, config: PreprocessConfig,
-                      done: dict[str, str], overwrite: bool, run_id: str, progress: bool) -> list[dict[str, Any]]:
+                      done: dict[Identity, str], overwrite: bool, run_id: str, progress: bool) -> list[dict[str, Any]]:
     import ray
 
     started_ray = _ensure_ray()

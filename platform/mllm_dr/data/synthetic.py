@@ -131,16 +131,19 @@ def write_recording(path: str, seconds: float, *, video: Callable[[float], np.nd
                     audio: np.ndarray | None = None, audio_rate: int = 24_000, video_codec: str = "libx264",
                     audio_codec: str = "aac", width: int = 160, height: int = 120,
                     video_options: dict[str, str] | None = None, container_format: str | None = None,
-                    container_options: dict[str, str] | None = None) -> None:
+                    container_options: dict[str, str] | None = None, display_rotation: int = 0) -> None:
     """Encode ``video(t) -> uint8 [H, W, 3]`` at ``fps`` and/or a mono ``audio`` waveform into one file.
 
     Audio and video are muxed second by second so the file is interleaved like a camera's.
+    ``display_rotation`` (degrees counter-clockwise) is metadata, as a phone held upright writes it.
     """
     with av.open(path, "w", format=container_format, options=container_options or {}) as container:
         vstream = astream = None
         if video is not None:
             vstream = container.add_stream(video_codec, rate=fps, options=video_options or {})
             vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+            if display_rotation:
+                vstream.set_display_rotation(display_rotation)
         if audio is not None:
             astream = container.add_stream(audio_codec, rate=audio_rate, layout="mono")
         n_frames = round(seconds * fps)

@@ -77,6 +77,9 @@ class DeepSpeedSection(StrictModel):
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="training precision")
     offload_optimizer: bool = Field(False, description="keep optimizer states on the CPU (ZeRO-Offload)")
     offload_params: bool = Field(False, description="keep parameters on the CPU (ZeRO-3 only)")
+    param_persistence_threshold: int | None = Field(
+        None, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every worker instead of "
+                                "being partitioned (default: DeepSpeed's, 100000)")
     micro_batch_size: int = Field(4, ge=1, description="item samples per worker per forward pass")
     gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
     gradient_clipping: float = Field(1.0, ge=0, description="global gradient-norm clip (0 = off)")

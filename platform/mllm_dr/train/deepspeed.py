@@ -20,6 +20,8 @@ def build_ds_config(settings: DeepSpeedSection, world_size: int, on_gpu: bool) -
     zero: dict[str, Any] = {"stage": settings.zero_stage, "contiguous_gradients": True, "overlap_comm": on_gpu}
     if settings.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if settings.param_persistence_threshold is not None:
+        zero["stage3_param_persistence_threshold"] = settings.param_persistence_threshold
     if settings.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     adam: dict[str, Any] = {"betas": list(settings.betas), "eps": settings.eps, "weight_decay": settings.weight_decay}
