@@ -14,7 +14,8 @@ Without ``--model`` an untrained tiny bundle is built (tiny random Llama, 1-laye
 Reported: p50/p95 latency and throughput per level; Serve overhead at concurrency 1 (unbatched, so no batch wait
 is counted) measured two ways: the median paired difference (each interview in-process, then over HTTP, back to
 back) and the median of client latency minus the model call time the scorer replica reports (``timing_ms.model``);
-batching gain = batched / unbatched throughput at concurrency 16.
+batching gain = batched / unbatched throughput at concurrency 16. For scale, Serve's own floor on the machine: the
+same two hops (proxy -> FastAPI ingress -> one handle call) with no-op deployments.
 Each measurement prints one JSON line; the last line is the summary for docs/benchmarks.md.
 """
 
@@ -174,6 +175,41 @@ def load(url: str, token: str, bodies: list[dict], concurrency: int, files: list
     return stats(latencies, time.perf_counter() - started)
 
 
+def serve_floor(url_base: str, requests_n: int) -> dict[str, float]:
+    """Ray Serve's own cost on this machine: proxy -> FastAPI ingress -> one handle call to a no-op deployment,
+    the same two hops an assessment takes, with nothing else."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    class Echo:
+        async def __call__(self, value: int) -> int:
+            return value
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, echo):
+            self.echo = echo
+
+        @app.post("/floor")
+        async def floor(self) -> dict:
+            return {"value": await self.echo.remote(1)}
+
+    serve.run(Ingress.bind(Echo.bind()), name="floor", route_prefix="/floor-app")
+    latencies = []
+    with requests.Session() as session:
+        for _ in range(requests_n + 8):
+            t0 = time.perf_counter()
+            session.post(f"{url_base}/floor-app/floor", timeout=60).raise_for_status()
+            latencies.append(time.perf_counter() - t0)
+    serve.delete("floor")
+    latencies = latencies[8:]
+    return {"p50_ms": round(statistics.median(latencies) * 1000, 1), "min_ms": round(min(latencies) * 1000, 1)}
+
+
 def over_http(model, transcripts: list[list[dict]], bundle: str, max_new_tokens: int,
               video: bytes | None) -> dict[str, dict]:
     from ray import serve
@@ -196,6 +232,7 @@ def over_http(model, transcripts: list[list[dict]], bundle: str, max_new_tokens:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}/v1/assessments"
         try:
+            report("serve floor (no-op, 2 hops)", serve_floor(f"http://127.0.0.1:{port}", 2 * len(bodies)))
             for name, batch in (("unbatched", 1), ("batched", 16)):
                 serve.run(build_app(serving_config(bundle, token_file, batch, max_new_tokens)), name=APP_NAME,
                           route_prefix="/")
@@ -248,6 +285,7 @@ def main() -> None:
         "summary": True, "requests_per_level": args.requests, "max_new_tokens": args.max_new_tokens,
         "serve_overhead_p50_ms": overhead["overhead_p50_ms"], "serve_overhead_ratio": overhead["ratio"],
         "http_minus_server_model_p50_ms": overhead["http_minus_server_model_p50_ms"],
+        "serve_floor_p50_ms": results["serve floor (no-op, 2 hops)"]["p50_ms"],
         "batching_gain_c16": round(results["http batched c=16"]["throughput_rps"]
                                    / results["http unbatched c=16"]["throughput_rps"], 2),
         "in_process_batch16_gain": round(results["in-process score(16 records)"]["throughput_rps"]

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from mllm_dr.config import PreprocessConfig, load_config
-from mllm_dr.data.media import MediaError
 from mllm_dr.data.preprocess import StoredRow, process_video, run_preprocess, superseded
 from mllm_dr.data.records import SCHEMA, read_records
 from mllm_dr.data.synthetic import INTERVIEWER_LEVEL, VOICE_LEVEL, malformed_files, synthesize
@@ -93,8 +92,12 @@ def test_process_video_matches_the_pipeline(corpus, local_store, tmp_path):
     np.testing.assert_allclose(record.video.astype(np.float32), stored.video.astype(np.float32), atol=1e-2)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(video.read_bytes()[:2000])
-    with pytest.raises(MediaError, match="not a readable audio/video file"):
+    with pytest.raises(UserError, match="broken.mp4: not a readable audio/video file"):
         process_video(str(broken), None, small_config())
+    bad_transcript = tmp_path / "bad.srt"
+    bad_transcript.write_text("this is not a subtitle file")
+    with pytest.raises(UserError, match="bad.srt: cue 1 has no 'start --> end' timing line"):
+        process_video(str(video), str(bad_transcript), small_config())
 
 
 def test_rerun_skips_what_is_stored_and_replaces_what_changed(corpus, local_store, tmp_path):
@@ -102,8 +105,13 @@ def test_rerun_skips_what_is_stored_and_replaces_what_changed(corpus, local_stor
     source, store = tmp_path / "videos", tmp_path / "store"
     shutil.copytree(folder, source)
     shutil.copytree(local_store[0], store)
-    parts = sorted(p.name for p in (store / "records").glob("*.parquet"))
     config = small_config()
+
+    moved = run_preprocess([str(source)], str(store), config, progress=False)  # same interviews, new place
+    assert (moved.ok, moved.skipped) == (3, 0)
+    assert {r.source_uri for r in read_records(resolve(str(store)))} == {str(source / f"{m.interview_id}.mp4")
+                                                                        for m in made}
+    parts = sorted(p.name for p in (store / "records").glob("*.parquet"))
 
     again = run_preprocess([str(source)], str(store), config, progress=False)
     assert (again.inputs, again.ok, again.error, again.skipped) == (3, 0, 0, 3)

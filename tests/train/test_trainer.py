@@ -101,7 +101,9 @@ def test_zero3_checkpoints_on_s3_and_rerunning_the_name_resumes_there(
 
     bucket = s3_server.make_bucket("train-runs")
     marker = tmp_path / "crashed"
-    values = lean_config(train_store, tiny_llm, f"{bucket}/runs", "zero3", deepspeed={"zero_stage": 3},
+    # Threshold 0: every parameter is partitioned (by default DeepSpeed keeps small ones whole, i.e. all of ours).
+    values = lean_config(train_store, tiny_llm, f"{bucket}/runs", "zero3",
+                         deepspeed={"zero_stage": 3, "param_persistence_threshold": 0},
                          run={"max_failures": 0, "fail_once": {"rank": 1, "step": 6, "marker": str(marker)}})
     with pytest.raises(TrainingFailedError):
         run_training(TrainConfig.model_validate(values))
@@ -121,6 +123,11 @@ def test_zero3_checkpoints_on_s3_and_rerunning_the_name_resumes_there(
     reference = state_of(final_checkpoint(reference_run[1]))
     assert [h["train_loss"] for h in final["history"]] == pytest.approx(
         [h["train_loss"] for h in reference["history"]], rel=1e-3)
+    fs.get(max(fs.glob("train-runs/runs/zero3/checkpoint_*/learned.safetensors")), str(tmp_path / "learned"))
+    gathered = load_file(tmp_path / "learned")  # full tensors, gathered from the ZeRO-3 shards
+    expected = load_file(final_checkpoint(reference_run[1]) / "learned.safetensors")
+    assert gathered.keys() == expected.keys()
+    assert all(torch.allclose(gathered[k], expected[k], atol=1e-3) for k in expected)
 
     assert result.bundle == f"{bucket}/runs/zero3/bundle"
     local = tmp_path / "bundle"

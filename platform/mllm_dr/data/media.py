@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 
 import av
@@ -214,6 +215,11 @@ def decode_isolated(path: str, config: MediaConfig) -> DecodedMedia:
         _POOL.release(decoder)
 
 
+def decoders_cpu_s() -> float:
+    """CPU seconds the decoding children of this process have spent on files so far (for throughput accounting)."""
+    return _POOL.cpu_s
+
+
 def prestart_decoder() -> None:
     """Start one decoding child now (e.g. when a pipeline worker starts) instead of on the first file."""
     _POOL.release(_POOL.acquire())
@@ -249,6 +255,7 @@ class _DecoderChild:
             if not line:
                 raise MediaError(self._death())
             result = json.loads(line)
+            _POOL.add_cpu(result["cpu_s"])
             if result.get("error"):
                 raise MediaError(result["error"])
             arrays = {name: np.load(os.path.join(workdir, f"{name}.npy")) if result[f"has_{name}"] else None
@@ -278,6 +285,11 @@ class _DecoderPool:
     def __init__(self) -> None:
         self._idle: list[_DecoderChild] = []
         self._lock = threading.Lock()
+        self.cpu_s = 0.0
+
+    def add_cpu(self, seconds: float) -> None:
+        with self._lock:
+            self.cpu_s += seconds
 
     def acquire(self) -> _DecoderChild:
         with self._lock:
@@ -302,6 +314,7 @@ def _serve() -> int:
     os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
     for line in sys.stdin:
         request = json.loads(line)
+        started = time.process_time()
         try:
             decoded = decode(request["path"], MediaConfig.model_validate(request["config"]))
             result = {"frame_rate": decoded.frame_rate, "duration_s": decoded.duration_s}
@@ -314,6 +327,7 @@ def _serve() -> int:
             result = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - an unexpected failure is this file's problem; keep serving
             result = {"error": f"decoding failed: {type(exc).__name__}: {exc}"}
+        result["cpu_s"] = time.process_time() - started
         protocol.write(json.dumps(result) + "\n")
         protocol.flush()
     return 0

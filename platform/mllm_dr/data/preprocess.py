@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import mllm_dr
 from mllm_dr.config import PreprocessConfig, load_config
 from mllm_dr.data.corpora import get_format
-from mllm_dr.data.media import MediaError, prestart_decoder
+from mllm_dr.data.media import MediaError, decoders_cpu_s, prestart_decoder
 from mllm_dr.data.records import (
     STATUS_ERROR,
     STATUS_OK,
@@ -163,7 +163,7 @@ class FeatureEncoders:
 def process_video(video_path: str, transcript_path: str | None, config: PreprocessConfig) -> InterviewRecord:
     """One recording (local path or URI) -> an ``ok`` InterviewRecord, by the pipeline's own code, without Ray.
 
-    Bad input raises :class:`UserError` (:class:`MediaError` for media) with a one-line reason.
+    Bad input (unreadable media, a malformed transcript) raises :class:`UserError` with the row's one-line reason.
     """
     location = resolve(video_path)
     stem = os.path.splitext(os.path.basename(location.path))[0] or "interview"
@@ -174,7 +174,7 @@ def process_video(video_path: str, transcript_path: str | None, config: Preproce
     loaded = load_interview(item, config)
     record = _cached_encoders(config.model_dump_json()).record(loaded)
     if not record.ok:
-        raise MediaError(record.error or "the recording could not be processed")
+        raise UserError(record.error or "the recording could not be processed")
     return record
 
 
@@ -603,7 +603,7 @@ def sha256_file(path: str) -> str:
 
 
 class _CpuClock:
-    """CPU seconds of this process and its finished children (the decoders) since creation."""
+    """CPU seconds of this process, its finished children and its decoding children since creation."""
 
     def __init__(self) -> None:
         self.start = self._now()
@@ -611,7 +611,7 @@ class _CpuClock:
     @staticmethod
     def _now() -> float:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.process_time() + children.ru_utime + children.ru_stime
+        return time.process_time() + children.ru_utime + children.ru_stime + decoders_cpu_s()
 
     def elapsed(self) -> float:
         return self._now() - self.start

@@ -343,7 +343,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     dev_data = ray.train.get_dataset_shard("dev")
     metric = config.run.selection_metric
-    print(f"[timing] {time.time():.1f} rank {rank} start", flush=True)
 
     with contextlib.ExitStack() as stack:
         state, learned, best_state, resume_dir = RunState(), None, None, None
@@ -370,17 +369,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     engine.load_checkpoint(os.path.join(resume_dir, DS_DIR), tag=DS_TAG, load_module_strict=False)
                 engine_stage = stage_index
 
-            print(f"[timing] {time.time():.1f} rank {rank} engine ready stage {stage_index} epoch {epoch}", flush=True)
             torch.manual_seed(_seed(config.seed, stage_index, epoch, rank))  # dropout: replayed on resume
             order = random.Random(_seed(config.seed, stage_index, epoch))
             alpha = stage.alpha.at(epoch, stage.epochs)
             batches = epoch_batches(train_shard.iter_rows(), model, plan, order)
             row, last_batch = train_epoch(engine, batches, plan.steps_per_epoch,
                                           config.deepspeed.gradient_accumulation, alpha, state, plan, rank)
-            print(f"[timing] {time.time():.1f} rank {rank} trained {row['train_seconds']:.1f}", flush=True)
             dev = dev_batches(dev_data.iter_rows(), model, config.deepspeed.micro_batch_size, rank, world)
             row.update(evaluate(engine, dev, last_batch))
-            print(f"[timing] {time.time():.1f} rank {rank} evaluated", flush=True)
             row.update(stage=stage.name, stage_epoch=epoch, global_step=state.global_step, alpha=alpha)
 
             # Every worker computes the same pooled dev metrics, hence the same decision (and gathers together).
@@ -394,14 +390,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             state.history.append(row)
             report = {**row, "is_best": is_best, "best_global_step": state.best and state.best["global_step"]}
             save_checkpoint(engine, model, state, best_state, report, rank, zero3)
-            print(f"[timing] {time.time():.1f} rank {rank} checkpointed", flush=True)
         if engine is not None:
             release(engine)
 
-    print(f"[timing] {time.time():.1f} rank {rank} done", flush=True)
     if rank == 0:
         write_bundle(plan, best_state, state)
-        print(f"[timing] {time.time():.1f} rank {rank} bundle", flush=True)
 
 
 def write_bundle(plan: WorkerPlan, weights: dict[str, torch.Tensor] | None, state: RunState) -> None:
