@@ -13,7 +13,9 @@ Part 2: ``--files`` interviews of ``--file-seconds`` through the pipeline on 1 c
   and on 2 cores (2 + 2), each run in a fresh process pinned to its cores with one FFmpeg thread per decode;
   reported: wall-clock throughput and the 2-core / 1-core ratio.
 
-Each measurement prints one JSON line; the last line is the summary for docs/benchmarks.md.
+Measurements alternate ``--repeat`` times and the best of each is reported (on a shared machine other work
+only ever adds time). Each measurement prints one JSON line; the last line is the summary for
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -129,20 +131,14 @@ def measure_bare(path: str, seconds: float) -> dict:
 
 
 def measure_pipeline(folder: Path, store: Path, seconds: float) -> dict:
-    import ray
-
+    """One run over ``folder`` on the local Ray cluster this process started (re-runs overwrite the store)."""
     from mllm_dr.data.preprocess import run_preprocess
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        time.sleep(2)  # let the daemons settle before the CPU baseline
-        config = load_config(PreprocessConfig, None, PIPELINE_SETTINGS)
-        wall = time.perf_counter()
-        with TreeCpu() as cpu:
-            summary = run_preprocess([str(folder)], str(store), config, progress=False)
-        wall = time.perf_counter() - wall
-    finally:
-        ray.shutdown()
+    config = load_config(PreprocessConfig, None, PIPELINE_SETTINGS)
+    wall = time.perf_counter()
+    with TreeCpu() as cpu:
+        summary = run_preprocess([str(folder)], str(store), config, overwrite=True, progress=False)
+    wall = time.perf_counter() - wall
     assert summary.ok == 1, summary.errors
     roles = cpu.by_role()
     total = sum(roles.values())
@@ -183,6 +179,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the part-1 interview")
     parser.add_argument("--files", type=int, default=4, help="interviews in the scaling run")
     parser.add_argument("--file-seconds", type=float, default=120.0, help="length of each scaling interview")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating repetitions; the best is reported")
     parser.add_argument("--scaling-run", type=int, help=argparse.SUPPRESS)  # internal: one pinned run
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -201,31 +198,48 @@ def main() -> None:
     machine = {"cpus": os.cpu_count(), "load_avg_at_start": [round(x, 1) for x in os.getloadavg()]}
     print(json.dumps({"what": "machine", **machine}))
 
-    bare = measure_bare(video, args.seconds)
-    print(json.dumps(bare))
-    shutil.rmtree(work / "store-one", ignore_errors=True)
-    pipeline = measure_pipeline(single, work / "store-one", args.seconds)
-    print(json.dumps(pipeline))
+    # The machine is shared: measurements alternate and the best of --repeat is kept (noise only adds time).
+    import ray
 
-    scaling = {}
-    for cores in (1, 2):
-        store = work / f"store-many-{cores}"
-        shutil.rmtree(store, ignore_errors=True)
-        result = subprocess.run([sys.executable, __file__, "--scaling-run", str(cores), "--folder", str(many),
-                                 "--store", str(store)], check=True, capture_output=True, text=True)
-        scaling[cores] = json.loads(result.stdout.strip().splitlines()[-1])
-        print(json.dumps(scaling[cores]))
+    bares, pipelines = [], []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        time.sleep(2)  # let the daemons settle before the first CPU baseline
+        for _ in range(args.repeat):
+            bares.append(measure_bare(video, args.seconds))
+            print(json.dumps(bares[-1]))
+            pipelines.append(measure_pipeline(single, work / "store-one", args.seconds))
+            print(json.dumps(pipelines[-1]))
+    finally:
+        ray.shutdown()
+    bare = min(bares, key=lambda r: r["cpu_s"])
+    stage = min(p["decode_sample_call_cpu_s"] for p in pipelines)
+    stage_processes = min(p["cpu_s_by_process"]["load"] for p in pipelines)
+    end_to_end = min(pipelines, key=lambda r: r["cpu_s"])
+
+    scaling: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(args.repeat):
+        for cores in (1, 2):
+            store = work / f"store-many-{cores}"
+            shutil.rmtree(store, ignore_errors=True)
+            result = subprocess.run([sys.executable, __file__, "--scaling-run", str(cores), "--folder", str(many),
+                                     "--store", str(store)], check=True, capture_output=True, text=True)
+            scaling[cores].append(json.loads(result.stdout.strip().splitlines()[-1]))
+            print(json.dumps(scaling[cores][-1]))
+    best = {cores: max(runs, key=lambda r: r["interview_s_per_wall_s"]) for cores, runs in scaling.items()}
 
     print(json.dumps({
-        "what": "summary", **machine, "load_avg_at_end": [round(x, 1) for x in os.getloadavg()],
-        "bare_interview_s_per_cpu_s": bare["interview_s_per_cpu_s"],
-        "pipeline_decode_sample_interview_s_per_cpu_s": pipeline["decode_sample_interview_s_per_cpu_s"],
-        "decode_sample_call_cpu_vs_bare": round(pipeline["decode_sample_call_cpu_s"] / bare["cpu_s"], 3),
-        "decode_sample_processes_cpu_vs_bare": round(pipeline["cpu_s_by_process"]["load"] / bare["cpu_s"], 3),
-        "pipeline_end_to_end_interview_s_per_cpu_s": pipeline["interview_s_per_cpu_s"],
-        "end_to_end_vs_bare": round(pipeline["interview_s_per_cpu_s"] / bare["interview_s_per_cpu_s"], 3),
-        "scaling_2_vs_1_cores": round(scaling[2]["interview_s_per_wall_s"] / scaling[1]["interview_s_per_wall_s"], 2),
-        "cores_obtained_on_1_and_2": [scaling[1]["cores_obtained"], scaling[2]["cores_obtained"]],
+        "what": f"summary (best of {args.repeat})", **machine,
+        "load_avg_at_end": [round(x, 1) for x in os.getloadavg()],
+        "bare_cpu_s": bare["cpu_s"], "bare_interview_s_per_cpu_s": bare["interview_s_per_cpu_s"],
+        "decode_sample_call_cpu_s": stage, "decode_sample_interview_s_per_cpu_s": round(args.seconds / stage, 1),
+        "decode_sample_call_cpu_vs_bare": round(stage / bare["cpu_s"], 3),
+        "decode_sample_processes_cpu_vs_bare": round(stage_processes / bare["cpu_s"], 3),
+        "pipeline_cpu_s": end_to_end["cpu_s"], "pipeline_cpu_s_by_process": end_to_end["cpu_s_by_process"],
+        "pipeline_end_to_end_interview_s_per_cpu_s": end_to_end["interview_s_per_cpu_s"],
+        "end_to_end_vs_bare": round(end_to_end["interview_s_per_cpu_s"] / bare["interview_s_per_cpu_s"], 3),
+        "scaling_2_vs_1_cores": round(best[2]["interview_s_per_wall_s"] / best[1]["interview_s_per_wall_s"], 2),
+        "cores_obtained_on_1_and_2": [best[1]["cores_obtained"], best[2]["cores_obtained"]],
     }))
 
 

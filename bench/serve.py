@@ -107,7 +107,7 @@ def paired_overhead(model, records: list[InterviewRecord], url: str, token: str,
                     max_new_tokens: int) -> dict[str, float]:
     """The same interview in-process then over HTTP, back to back, so load drift on a shared machine hits
     both alike; the median of the per-interview differences is the overhead."""
-    local, remote, server_model = [], [], []
+    local, remote, timings = [], [], []
     with requests.Session() as session:
         for record, body in zip(records, bodies):
             t0 = time.perf_counter()
@@ -118,16 +118,22 @@ def paired_overhead(model, records: list[InterviewRecord], url: str, token: str,
             response.raise_for_status()
             local.append(t1 - t0)
             remote.append(t2 - t1)
-            server_model.append(response.json()["timing_ms"]["model"] / 1000)
+            timings.append({k: v / 1000 for k, v in response.json()["timing_ms"].items()})
     def ms(values: list[float]) -> float:
         return round(statistics.median(values) * 1000, 1)
 
+    beyond_model = [r - t["model"] for r, t in zip(remote, timings)]
     return {"in_process_p50_ms": ms(local), "http_p50_ms": ms(remote),
             "overhead_p50_ms": ms([r - l for r, l in zip(remote, local)]),
             "ratio": round(statistics.median(remote) / statistics.median(local), 3),
             # the same overhead without the model's run-to-run noise: client latency - the replica's model call
-            "http_minus_server_model_p50_ms": ms([r - m for r, m in zip(remote, server_model)]),
-            "http_minus_server_model_min_ms": round(min(r - m for r, m in zip(remote, server_model)) * 1000, 1)}
+            "http_minus_server_model_p50_ms": ms(beyond_model),
+            "http_minus_server_model_min_ms": round(min(beyond_model) * 1000, 1),
+            # where it goes, from the response's timing_ms
+            "client_to_ingress_p50_ms": ms([r - t["total"] for r, t in zip(remote, timings)]),
+            "ingress_own_p50_ms": ms([t["total"] - t["score"] for t in timings]),
+            "ingress_to_scorer_p50_ms": ms([t["score"] - t["model"] for t in timings]),
+            "model_p50_ms": ms([t["model"] for t in timings])}
 
 
 def free_port() -> int:

@@ -120,10 +120,20 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+def _set_path(data: dict[str, Any] | list[Any], keys: list[str], value: Any) -> None:
+    """Set ``a.b.c`` in nested mappings; a number indexes a list (``stages.1.epochs=3``)."""
     for key in keys[:-1]:
-        node = data.setdefault(key, {})
-        if not isinstance(node, dict):
+        node = data[_list_index(data, key, keys)] if isinstance(data, list) else data.setdefault(key, {})
+        if not isinstance(node, (dict, list)):
             raise UserError(f"--set {'.'.join(keys)}: {key} is not a section")
         data = node
-    data[keys[-1]] = value
+    if isinstance(data, list):
+        data[_list_index(data, keys[-1], keys)] = value
+    else:
+        data[keys[-1]] = value
+
+
+def _list_index(items: list[Any], key: str, keys: list[str]) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise UserError(f"--set {'.'.join(keys)}: {key} is not an index of the {len(items)} list entries")
+    return int(key)

@@ -79,7 +79,9 @@ class HttpTeacherConfig(StrictModel):
 
 
 class LocalTeacherConfig(StrictModel):
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; default 1 when the cluster has GPUs")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor (a model larger than one GPU is spread over them); default 1 when "
+                                "the cluster has GPUs, else 0")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     batch_size: int = Field(8, ge=1, description="prompts per generate call")
     transcript_max_tokens: int = Field(3000, ge=0, description="transcript budget in teacher tokens")
@@ -237,8 +239,12 @@ class LocalTeacher:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
-        self.model.to(self.device).eval()
+        spread = torch.cuda.device_count() > 1  # a teacher too large for one GPU spans the actor's GPUs
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True,
+                                                          **({"device_map": "auto"} if spread else {}))
+        if not spread:
+            self.model.to(self.device)
+        self.model.eval()
         self.teacher = teacher_id(model_dir, config)
         self._frames: dict[str, ChatFrame] = {}
 

@@ -205,7 +205,7 @@ def _parse_transcript(data: bytes, filename: str) -> list[Turn]:
     try:
         turns = parse_transcript_bytes(data, fmt, name="transcript")
     except UserError as exc:
-        raise HTTPException(422, _one_line(exc)) from None
+        raise HTTPException(422, one_line(exc)) from None
     if not turns:
         raise HTTPException(422, "transcript: no speaker turns found")
     return turns
@@ -221,12 +221,13 @@ def _from_json(body: bytes) -> AssessmentRequest:
     try:
         transcript = turns_from_json(payload.transcript or [])
     except UserError as exc:
-        raise HTTPException(422, _one_line(exc)) from None
+        raise HTTPException(422, one_line(exc)) from None
     if not payload.video_uri and not transcript:
         raise HTTPException(422, "no interview: give a 'video_uri' and/or 'transcript' turns")
     return AssessmentRequest(video_uri=payload.video_uri or None, transcript=transcript,
                              questionnaire=payload.questionnaire, language=payload.language)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An error's message as one bounded line: what a 4xx ``detail`` carries."""
     return " ".join(str(exc).split())[:300] or type(exc).__name__

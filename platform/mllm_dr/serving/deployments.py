@@ -34,6 +34,7 @@ from mllm_dr.data.records import InterviewRecord
 from mllm_dr.data.synthetic import write_recording
 from mllm_dr.data.transcripts import PARTICIPANT, Turn
 from mllm_dr.errors import UserError
+from mllm_dr.serving.api import one_line
 from mllm_dr.serving.config import ServingConfig
 from mllm_dr.serving.security import local_video_path, private_tempdir
 from mllm_dr.storage import resolve
@@ -63,10 +64,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status == 200
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 class _TooLarge(Exception):
