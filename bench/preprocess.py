@@ -1,6 +1,6 @@
 """Preprocessing throughput: a bare PyAV loop vs the platform's pipeline on the same interview, then 1 vs 2 workers.
 
-    python bench/preprocess.py [--workdir DIR] [--seconds 600] [--files 4] [--file-seconds 120]
+    python bench/preprocess.py [--workdir DIR] [--seconds 600] [--files 8] [--file-seconds 120] [--repeat 3]
 
 Part 1 (one 10-minute 640x480 30 fps synthetic interview, H.264/AAC):
   (a) a bare single-process PyAV loop: decode everything, keep the frame on screen at each whole second
@@ -177,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/mllm-dr-bench", help="synthetic inputs and stores (kept)")
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the part-1 interview")
-    parser.add_argument("--files", type=int, default=4, help="interviews in the scaling run")
+    parser.add_argument("--files", type=int, default=8, help="interviews in the scaling run")
     parser.add_argument("--file-seconds", type=float, default=120.0, help="length of each scaling interview")
     parser.add_argument("--repeat", type=int, default=3, help="alternating repetitions; the best is reported")
     parser.add_argument("--scaling-run", type=int, help=argparse.SUPPRESS)  # internal: one pinned run

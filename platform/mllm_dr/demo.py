@@ -73,7 +73,9 @@ def run_demo(workdir: Path) -> DemoResult:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     steps = Steps(total=6)
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
+    # Logical CPUs beyond the physical ones: the 2 training workers reserve 2 CPUs in their placement group, and
+    # Ray Data still needs CPUs outside it to read the store for them.
+    ray.init(num_cpus=max(4, os.cpu_count() or 4), include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     try:
         with steps.step(f"Synthesizing {INTERVIEWS_PER_SITE} interviews at each of {len(SITES)} sites "

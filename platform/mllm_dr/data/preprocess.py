@@ -536,8 +536,11 @@ def _ensure_ray() -> bool:
 
     if ray.is_initialized():
         return False
+    # Workers resolve s3:// URIs themselves, so they need the custom endpoint (an address, not a secret). A job
+    # driver must not pass it again: Ray refuses a runtime_env that repeats one of the job's own variables.
     endpoint = os.environ.get(S3_ENDPOINT_ENV)
-    runtime_env = {"env_vars": {S3_ENDPOINT_ENV: endpoint}} if endpoint else None
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = {"env_vars": {S3_ENDPOINT_ENV: endpoint}} if endpoint and not in_job else None
     ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env=runtime_env, log_to_driver=False,
              include_dashboard=False)
     return True

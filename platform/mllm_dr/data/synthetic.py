@@ -31,6 +31,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from mllm_dr.data.sources import is_site_name
 from mllm_dr.errors import UserError
 from mllm_dr.questionnaires import PHQ8
 from mllm_dr.storage import Location, resolve
@@ -100,6 +101,8 @@ def synthesize(out_uri: str, interviews: int = 8, seed: int = 0, seconds: float 
         raise UserError("--seconds must be at least 2 (an interview needs a question and an answer)")
     if width % 2 or height % 2 or width < 16 or height < 16:
         raise UserError("--width and --height must be even and at least 16 (H.264 with 4:2:0 chroma)")
+    if site is not None and not is_site_name(site):
+        raise UserError(f"--site {site!r}: site names are letters, digits, '_', '.', '-'")
     out = resolve(out_uri)
     out.makedirs()
     prefix = site or "synth"

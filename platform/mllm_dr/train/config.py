@@ -26,6 +26,10 @@ class DataSection(StrictModel):
     rationales: str | None = Field(
         None, description="rationale set URI written by `mllm-dr distill`; without it every answer gets the "
                           "documented template rationale (a plain restatement of the score)")
+    materialize: bool = Field(
+        True, description="read the training split once into Ray's object store (spilled to disk when it does not "
+                          "fit) instead of re-reading the store every epoch; turn off for splits far larger than "
+                          "the cluster's memory and disk")
     shuffle_buffer: int = Field(
         256, gt=0, description="item samples each worker shuffles together before cutting micro-batches")
 

@@ -122,9 +122,9 @@ def build_trainer(plan: WorkerPlan, store: Location) -> Any:
     config = plan.config
     rows = ray.data.read_parquet(records_dir(store).uri, filesystem=store.arrow_filesystem(), columns=TRAIN_COLUMNS)
     usable = (col("status") == "ok") & col("item_scores").is_not_null()
-    # Train streams (re-read every epoch, split across workers); dev is small and every worker reads all of it
-    # every epoch, so it is read once into the object store.
-    datasets = {"train": rows.filter(expr=usable & (col("split") == config.data.train_split)),
+    train = rows.filter(expr=usable & (col("split") == config.data.train_split))
+    # Dev is small and every worker reads all of it every epoch: read it once into the object store.
+    datasets = {"train": train.materialize() if config.data.materialize else train,
                 "dev": rows.filter(expr=usable & (col("split") == config.data.dev_split)).materialize()}
     storage = resolve(config.run.storage)
     scaling = config.scaling
