@@ -25,10 +25,16 @@ from typing import Any
 SITES = ("north", "south")
 INTERVIEWS_PER_SITE = 12
 SECONDS = 12.0
-# Small enough for 2 CPU cores: 8 queries x 2 layers per LQ-former, LoRA r=8 on the tiny LLM.
+# Small enough for 2 CPU cores: 8 queries x 2 layers per LQ-former. A random tiny LLM has no language to keep, so
+# LoRA covers every projection and the learning rates are far above the paper's (which suit a pretrained 8B LLM).
 SCORER = {"lq_former": {"num_queries": 8, "num_layers": 2, "num_heads": 4},
-          "lora": {"r": 8, "alpha": 16}, "head": {"hidden_dim": 64}, "max_new_tokens": 48,
-          "prompt": {"transcript_max_tokens": 384}}
+          "lora": {"r": 16, "alpha": 32, "dropout": 0.0,
+                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+          "head": {"hidden_dim": 64}, "max_new_tokens": 48, "prompt": {"transcript_max_tokens": 384}}
+STAGES = [{"name": "align", "epochs": 6, "alpha": {"kind": "constant", "start": 0.0},
+           "lr": {"lq_former": 1e-3, "projectors": 1e-3, "head": 1e-3}},
+          {"name": "multitask", "epochs": 6, "alpha": {"kind": "linear", "start": 0.3, "end": 0.7},
+           "lr": {"llm": 3e-3, "head": 3e-4}}]
 
 
 @dataclass(frozen=True)
@@ -99,10 +105,8 @@ def run_demo(workdir: Path) -> DemoResult:
             config = TrainConfig.model_validate({
                 "data": {"store": store},
                 "model": {"base_llm": llm, "scorer": SCORER},
-                "stages": [{"name": "align", "epochs": 3, "alpha": {"kind": "constant", "start": 0.0}},
-                           {"name": "multitask", "epochs": 3, "alpha": {"kind": "linear", "start": 0.2, "end": 0.8},
-                            "lr": {"llm": 1e-3, "head": 1e-3}}],
-                "deepspeed": {"zero_stage": 2, "precision": "fp32", "micro_batch_size": 8},
+                "stages": STAGES,
+                "deepspeed": {"zero_stage": 2, "precision": "fp32", "micro_batch_size": 4},
                 "scaling": {"workers": 2},
                 "run": {"name": "demo", "storage": str(workdir / "runs"), "max_failures": 1},
             })
@@ -170,10 +174,11 @@ def _serve_and_score(workdir: Path, bundle: str) -> dict[str, Any]:
 
 def _print_assessment(assessment: dict[str, Any]) -> None:
     planted = assessment["planted_item_scores"]
-    print(f"    {'item':<28} score  planted  rationale")
+    print(f"    {'item':<26} score  regression  planted  rationale")
     for item, truth in zip(assessment["items"], planted):
         rationale = " ".join(item["rationale"].split())
-        print(f"    {item['name']:<28} {item['score']:>5}  {truth:>7}  {rationale[:70]}")
+        print(f"    {item['name']:<26} {item['score']:>5}  {item['regression_score']:>10.2f}  {truth:>7}  "
+              f"{rationale[:64]}")
     print(f"    total {assessment['total']} (planted {sum(planted)}), severity {assessment['severity']}, "
           f"screen {'positive' if assessment['screen_positive'] else 'negative'}, "
           f"answered in {assessment['timing_ms']['total']:.0f} ms")

@@ -223,11 +223,8 @@ def train_epoch(engine: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, lm, mse, tokens
     micro_steps = steps * accumulation
     started = time.perf_counter()
-    waited = 0.0
     for micro in range(micro_steps):
-        t0 = time.perf_counter()
         batch = next(batches, None)
-        waited += time.perf_counter() - t0
         if batch is None:
             raise RuntimeError(f"worker {rank} ran out of training samples after {micro} of {micro_steps} "
                                "micro-batches (the store changed while training?)")
@@ -240,7 +237,6 @@ def train_epoch(engine: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
             state.global_step += 1
             _maybe_fail(plan, rank, state.global_step)
     seconds = time.perf_counter() - started
-    print(f"[timing] epoch {seconds:.2f}s waited for data {waited:.2f}s threads {torch.get_num_threads()}", flush=True)
     dist.all_reduce(totals)
     world = dist.get_world_size()
     loss, lm, mse, tokens = totals.tolist()
