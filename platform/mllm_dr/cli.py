@@ -32,6 +32,8 @@ def command(name: str, help: str, target: str) -> Callable[[Adder], Adder]:
 @command("demo", "end to end on synthetic data: local Ray, tiny LLM, CPU", "mllm_dr.demo:main")
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="demo-work", help="where every step's output lands (default: demo-work)")
+    p.add_argument("--interviews", type=int, default=12, help="synthetic interviews per site (default: 12)")
+    p.add_argument("--epochs", type=int, help="epochs per training stage (default: the demo's recipe, 6)")
 
 
 @command("synth", "write synthetic interview videos with planted PHQ item signals", "mllm_dr.data.synthetic:main")

@@ -65,7 +65,8 @@ class Steps:
         return time.perf_counter() - self.started
 
 
-def run_demo(workdir: Path) -> DemoResult:
+def run_demo(workdir: Path, interviews_per_site: int = INTERVIEWS_PER_SITE, epochs: int | None = None) -> DemoResult:
+    """Run every step; ``interviews_per_site`` and ``epochs`` (per stage) shrink it for a quick smoke run."""
     import ray
 
     from mllm_dr.config import PreprocessConfig
@@ -84,10 +85,10 @@ def run_demo(workdir: Path) -> DemoResult:
     ray.init(num_cpus=max(4, os.cpu_count() or 4), include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     try:
-        with steps.step(f"Synthesizing {INTERVIEWS_PER_SITE} interviews at each of {len(SITES)} sites "
+        with steps.step(f"Synthesizing {interviews_per_site} interviews at each of {len(SITES)} sites "
                         "(H.264/AAC MP4 + transcript + labels, PHQ-8 items planted in voice, face and words)"):
             for seed, site in enumerate(SITES, start=1):
-                synthesize(str(workdir / "sites" / site), INTERVIEWS_PER_SITE, seed=seed, seconds=SECONDS, site=site)
+                synthesize(str(workdir / "sites" / site), interviews_per_site, seed=seed, seconds=SECONDS, site=site)
             print(f"    {workdir / 'sites'}")
 
         store = str(workdir / "store")
@@ -105,7 +106,7 @@ def run_demo(workdir: Path) -> DemoResult:
             config = TrainConfig.model_validate({
                 "data": {"store": store},
                 "model": {"base_llm": llm, "scorer": SCORER},
-                "stages": STAGES,
+                "stages": [{**stage, "epochs": epochs or stage["epochs"]} for stage in STAGES],
                 "deepspeed": {"zero_stage": 2, "precision": "fp32", "micro_batch_size": 4},
                 "scaling": {"workers": 2},
                 "run": {"name": "demo", "storage": str(workdir / "runs"), "max_failures": 1},
@@ -201,5 +202,5 @@ def _free_port() -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    run_demo(Path(args.workdir))
+    run_demo(Path(args.workdir), args.interviews, args.epochs)
     return 0
