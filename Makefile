@@ -32,7 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve.py
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check platform tests bench || $(BIN)/pip install -q ruff && $(BIN)/python -m ruff check platform tests bench
+	@$(BIN)/python -m ruff --version >/dev/null 2>&1 || $(BIN)/pip install -q ruff==0.17.6
+	$(BIN)/python -m ruff check platform tests bench
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) .pytest_cache

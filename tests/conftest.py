@@ -89,7 +89,7 @@ def cli(tmp_path):
 
     def run(*args: str, check: bool = False, timeout: float = 600, env: dict | None = None):
         result = subprocess.run([sys.executable, "-m", "mllm_dr.cli", *args], capture_output=True, text=True,
-                                timeout=timeout, cwd=tmp_path, env={**os.environ, **(env or {})})
+                                timeout=timeout, cwd=tmp_path, env={**os.environ, **(env or {})}, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"mllm-dr {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result

@@ -91,16 +91,7 @@ ConfigT = TypeVar("ConfigT", bound=StrictModel)
 
 def load_config(model: type[ConfigT], path: str | Path | None = None, overrides: list[str] = ()) -> ConfigT:
     """Read YAML (if given), apply ``a.b=c`` overrides (values parsed as YAML), validate into ``model``."""
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a config file must be a mapping of keys to values")
+    data = read_yaml_mapping(path) if path else {}
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
@@ -110,6 +101,19 @@ def load_config(model: type[ConfigT], path: str | Path | None = None, overrides:
         return model.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"invalid config{f' {path}' if path else ''}: {describe_validation_error(exc)}") from None
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; a missing or malformed file is a one-line UserError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of keys to values")
+    return data
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -83,7 +83,7 @@ class Questionnaire:
         return MAX_ITEM_SCORE * self.n_items
 
     def severity(self, total: float, language: str = "en") -> str:
-        rounded = int(round(min(max(total, 0), self.max_total)))
+        rounded = round(min(max(total, 0), self.max_total))
         band = next(b for b in SEVERITY_BANDS if b.low <= rounded <= b.high)
         return band.label.get(language, band.label["en"])
 

@@ -1,7 +1,14 @@
 import numpy as np
 import pyarrow.parquet as pq
 
-from mllm_dr.data.records import COLUMNS, SCHEMA, InterviewRecord, read_records, records_to_table, write_records
+from mllm_dr.data.records import (
+    COLUMNS,
+    SCHEMA,
+    InterviewRecord,
+    read_records,
+    records_to_table,
+    write_records,
+)
 from mllm_dr.data.transcripts import Turn
 from mllm_dr.storage import resolve
 

@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from mllm_dr.config import PreprocessConfig, StrictModel, describe_validation_error
+from mllm_dr.config import PreprocessConfig, StrictModel, describe_validation_error, read_yaml_mapping
 from mllm_dr.errors import UserError
 
 
@@ -151,13 +150,8 @@ def parse_serving_config(args: dict[str, Any], where: str = "serving config") ->
 
 def read_serve_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(args, http_options)`` of the one application in a Ray Serve config file such as serve/local.yaml."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    applications = data.get("applications") if isinstance(data, dict) else None
+    data = read_yaml_mapping(path)
+    applications = data.get("applications")
     if not isinstance(applications, list) or len(applications) != 1 or not isinstance(applications[0], dict):
         raise UserError(f"{path}: expected a Ray Serve config file with exactly one entry under 'applications'")
     args = applications[0].get("args") or {}
