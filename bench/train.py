@@ -6,8 +6,10 @@ CPU (default): the same model, store and batches through
   2. a plain single-process loop: the same rows read with pyarrow, the same ``epoch_batches`` (same seeds, so the
      same batches in the same order), ``torch.optim.AdamW`` on the same parameter groups, the same clipping.
 
-Both count tokens (non-padding positions) over the same wall-clock span: a whole epoch, data loading and sample
-building included. The first epoch is warm-up; the second is reported. Target: overhead <= 10%.
+Both count tokens (non-padding positions) over the same wall-clock span: a whole epoch, sample building
+included (the Ray path reads the training split once into the object store, the plain loop once into memory).
+The plain loop runs before and after the Ray run; on a shared machine each epoch is a sample, and the best and
+median epochs of each path are compared. Target: overhead <= 10%.
 
 GPU (``--gpu``): the multitask stage (LoRA + LQ-formers + projectors + head, alpha 0.5) of a real-size Llama
 built from a config with random weights (nothing downloaded), DeepSpeed ZeRO-2 bf16 on one GPU, prompts of
@@ -40,17 +42,26 @@ from mllm_dr.data.transcripts import Turn
 from mllm_dr.model.tiny import build_tiny_llm
 from mllm_dr.storage import resolve
 from mllm_dr.train.config import TrainConfig
-from mllm_dr.train.loop import RunState, WorkerPlan, _seed, build_engine, build_model, epoch_batches, train_epoch
+from mllm_dr.train.loop import (
+    RunState,
+    WorkerPlan,
+    build_engine,
+    build_model,
+    derive_seed,
+    epoch_batches,
+    train_epoch,
+)
 
 AUDIO_DIM, VIDEO_DIM = 80, 512
-WORDS = ("sleep tired work friends family morning night food energy focus worry hope sad fine days weeks "
-         "often rarely always never little much better worse home walk read talk feel think").split()
+WORDS = ["sleep", "tired", "work", "friends", "family", "morning", "night", "food", "energy", "focus", "worry", "hope",
+         "sad", "fine", "days", "weeks", "often", "rarely", "always", "never", "little", "much", "better", "worse",
+         "home", "walk", "read", "talk", "feel", "think"]
 # Real-size Llama-3.2-like configs (random weights), by name.
 SIZES = {
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
-    "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True},
+    "3b": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
+           "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True},
 }
 
 
@@ -95,7 +106,7 @@ def cpu_config(store: str, llm: str, storage: str, args: argparse.Namespace) -> 
     return TrainConfig.model_validate({
         "data": {"store": store, "dev_split": "dev"},
         "model": {"base_llm": llm, "scorer": _scorer(8, 2, args.transcript_tokens)},
-        "stages": [{"name": "multitask", "epochs": 2, "alpha": {"kind": "constant", "start": 0.5},
+        "stages": [{"name": "multitask", "epochs": args.epochs, "alpha": {"kind": "constant", "start": 0.5},
                     "lr": {"llm": 1e-4, "lq_former": 1e-4, "projectors": 1e-4, "head": 1e-4}}],
         "deepspeed": {"zero_stage": 2, "precision": "fp32", "micro_batch_size": args.micro},
         "scaling": {"workers": 1, "cpus_per_worker": 1},
@@ -114,8 +125,8 @@ def plain_run(plan: WorkerPlan, rows: list[dict]) -> list[float]:
     rates = []
     for epoch in range(stage.epochs):
         started = time.perf_counter()
-        torch.manual_seed(_seed(config.seed, 0, epoch, 0))
-        batches = epoch_batches(iter(rows), model, plan, random.Random(_seed(config.seed, 0, epoch)))
+        torch.manual_seed(derive_seed(config.seed, 0, epoch, 0))
+        batches = epoch_batches(iter(rows), model, plan, random.Random(derive_seed(config.seed, 0, epoch)))
         tokens = 0
         for _ in range(plan.steps_per_epoch):
             batch = next(batches)
@@ -145,33 +156,31 @@ def run_cpu(args: argparse.Namespace) -> None:
     config = cpu_config(str(work / "store"), llm, str(work / "runs"), args)
     plan, store = plan_run(config)
 
-    # Plain PyTorch before and after the Ray run (one thread, as the Ray worker gets with cpus_per_worker=1):
-    # on a shared machine the load drifts, and the pair brackets it.
+    # Plain PyTorch before and after the Ray run (one thread, as the Ray worker gets with cpus_per_worker=1).
     torch.set_num_threads(1)
     rows = [r.to_row() for r in read_records(store) if r.ok and r.split == config.data.train_split]
-    plain_before = plain_run(plan, rows)
+    plain = plain_run(plan, rows)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run_training(config)
     finally:
         ray.shutdown()
-    plain_after = plain_run(plan, rows)
+    plain += plain_run(plan, rows)
     states = [json.loads(p.read_text()) for p in (work / "runs" / "bench").glob("checkpoint_*/state.json")]
     history = max(states, key=lambda s: s["global_step"])["history"]
     distributed = [h["train_tokens_per_s"] for h in history]
-    plain = (plain_before[1] + plain_after[1]) / 2
 
     n_params = sum(p.numel() for p in build_model(plan).parameters())
     print(f"model: Llama hidden {args.hidden}, {args.layers} layers ({n_params / 1e6:.1f}M parameters with "
-          f"LoRA/LQ-formers/head); {plan.steps_per_epoch} steps of {config.deepspeed.micro_batch_size} item samples per epoch; "
-          f"CPU, 1 torch thread")
-    print(f"{'path':<52}{'epoch 1 tok/s':>15}{'epoch 2 tok/s':>15}")
-    for name, rates in (("plain PyTorch loop (1 process), before", plain_before),
-                        ("Ray Data + Ray Train (1 worker) + DeepSpeed ZeRO-2", distributed),
-                        ("plain PyTorch loop (1 process), after", plain_after)):
-        print(f"{name:<52}{rates[0]:>15.0f}{rates[1]:>15.0f}")
-    print(f"overhead (epoch 2, against the mean of the plain runs): {100 * (1 - distributed[1] / plain):+.1f}% "
-          "(target <= 10%)")
+          f"LoRA/LQ-formers/head); {plan.steps_per_epoch} steps of {config.deepspeed.micro_batch_size} item "
+          f"samples per epoch; CPU, 1 torch thread")
+    # A shared machine's load drifts: every epoch is a sample, the best epoch is the least disturbed one.
+    print(f"{'path (tokens/s per epoch)':<52}{'best':>8}{'median':>8}  epochs")
+    for name, rates in (("plain PyTorch loop, 1 process (before + after)", plain),
+                        ("Ray Data + Ray Train (1 worker) + DeepSpeed ZeRO-2", distributed)):
+        print(f"{name:<52}{max(rates):>8.0f}{float(np.median(rates)):>8.0f}  {' '.join(f'{r:.0f}' for r in rates)}")
+    print(f"overhead (best epochs): {100 * (1 - max(distributed) / max(plain)):+.1f}%; (medians): "
+          f"{100 * (1 - np.median(distributed) / np.median(plain)):+.1f}% (target <= 10%)")
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -247,6 +256,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="CPU: LLM hidden size (default: 256)")
     parser.add_argument("--layers", type=int, default=4, help="CPU: LLM layers (default: 4)")
     parser.add_argument("--interviews", type=int, default=6, help="CPU: training interviews (default: 6)")
+    parser.add_argument("--epochs", type=int, default=4, help="CPU: epochs per path and run (default: 4)")
     parser.add_argument("--transcript-tokens", type=int, default=256, help="CPU: transcript budget (default: 256)")
     args = parser.parse_args()
     args.micro = args.micro or (8 if args.gpu else 4)

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
@@ -55,10 +56,10 @@ class FakeTeacher(BaseHTTPRequestHandler):
     """Answers by item number: 1-3 good, 4 contradicts the label, 5 malformed, 6 empty, 7 rate-limited once then
     good, 8 a server error every time. Requests without the right bearer token get 401."""
 
-    log: list[tuple[float, int]] = []  # (arrival time, item) of every request
-    seen_item7: set[str] = set()
+    log: ClassVar[list[tuple[float, int]]] = []  # (arrival time, item) of every request
+    seen_item7: ClassVar[set[str]] = set()
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.headers.get("Authorization") != f"Bearer {SECRET}" or self.path != "/v1/chat/completions":
             return self._send(401, {"error": "unauthorized"})

@@ -19,7 +19,7 @@ def planted_record(index: int, split: str, rng: np.random.Generator) -> Intervie
     frames = int(rng.integers(10, 16))
     audio = rng.normal(0, 0.3, size=(frames, AUDIO_DIM)) + scores[None, :]
     video = rng.normal(0, 0.3, size=(4, VIDEO_DIM)) + scores.sum() / 8
-    mood = ["fine", "a bit low", "often down", "down every day"][int(round(scores.mean()))]
+    mood = ["fine", "a bit low", "often down", "down every day"][round(float(scores.mean()))]
     turns = [Turn(0, 2, "interviewer", "How have you been?"), Turn(2, 5, "participant", f"I feel {mood}.")]
     return InterviewRecord(interview_id=f"{split}{index}", site="synthetic", split=split,
                            item_scores=[int(s) for s in scores], total_score=int(scores.sum()), transcript=turns,

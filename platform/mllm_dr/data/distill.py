@@ -96,8 +96,8 @@ class DistillConfig(StrictModel):
     max_new_tokens: int = Field(160, gt=0, description="longest teacher answer")
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
     flush_every: int = Field(256, ge=1, description="accepted rows per Parquet part file (resume granularity)")
-    http: HttpTeacherConfig = Field(default_factory=HttpTeacherConfig)
-    local: LocalTeacherConfig = Field(default_factory=LocalTeacherConfig)
+    http: HttpTeacherConfig = Field(default_factory=HttpTeacherConfig, description="OpenAI-compatible teachers")
+    local: LocalTeacherConfig = Field(default_factory=LocalTeacherConfig, description="local model teachers")
 
 
 # ---------------------------------------------------------------- the teacher prompt
@@ -290,7 +290,7 @@ class RateLimiter:
 class HttpTeacher:
     """An OpenAI-compatible chat-completions client with bounded retries and a rate limit (one per actor)."""
 
-    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+    RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
     def __init__(self, base_url: str, config_json: str) -> None:
         config = DistillConfig.model_validate_json(config_json)

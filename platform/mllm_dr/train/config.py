@@ -29,7 +29,7 @@ class DataSection(StrictModel):
     materialize: bool = Field(
         True, description="read the training split once into Ray's object store (spilled to disk when it does not "
                           "fit) instead of re-reading the store every epoch; turn off for splits far larger than "
-                          "the cluster's memory and disk")
+                          "the cluster's memory and disk (then leave CPUs outside the workers for Ray Data's reads)")
     shuffle_buffer: int = Field(
         256, gt=0, description="item samples each worker shuffles together before cutting micro-batches")
 
@@ -124,13 +124,13 @@ class RunSection(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    data: DataSection
-    model: ModelSection
+    data: DataSection = Field(description="what to train on")
+    model: ModelSection = Field(description="what to train")
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1,
                                       description="run in order, in one job")
-    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
-    scaling: ScalingSection = Field(default_factory=ScalingSection)
-    run: RunSection
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="ZeRO, precision, batching")
+    scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers")
+    run: RunSection = Field(description="where it is kept and how it recovers")
     seed: int = Field(0, description="seed of data order, dropout and LoRA initialisation")
 
     @model_validator(mode="after")

@@ -86,7 +86,8 @@ class RunState:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from integers (run seed, stage, epoch, rank): the same parts, the same seed, on any worker."""
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
@@ -231,11 +232,14 @@ def train_epoch(engine: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
         output = engine(batch, alpha=alpha)
         engine.backward(output.loss)
         engine.step()
-        totals += torch.tensor([output.loss.item(), output.lm_loss.item(), output.mse_loss.item(),
-                                batch["attention_mask"].sum().item()], dtype=torch.float64, device=device)
+        # Summed on the device: no host synchronisation per step.
+        totals += torch.stack([t.detach().to(device, torch.float64) for t in (
+            output.loss, output.lm_loss, output.mse_loss, batch["attention_mask"].sum())])
         if (micro + 1) % accumulation == 0:
             state.global_step += 1
             _maybe_fail(plan, rank, state.global_step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the clock stops when the GPU's work is done, not when it was queued
     seconds = time.perf_counter() - started
     dist.all_reduce(totals)
     world = dist.get_world_size()
@@ -369,8 +373,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     engine.load_checkpoint(os.path.join(resume_dir, DS_DIR), tag=DS_TAG, load_module_strict=False)
                 engine_stage = stage_index
 
-            torch.manual_seed(_seed(config.seed, stage_index, epoch, rank))  # dropout: replayed on resume
-            order = random.Random(_seed(config.seed, stage_index, epoch))
+            torch.manual_seed(derive_seed(config.seed, stage_index, epoch, rank))  # dropout: replayed on resume
+            order = random.Random(derive_seed(config.seed, stage_index, epoch))
             alpha = stage.alpha.at(epoch, stage.epochs)
             batches = epoch_batches(train_shard.iter_rows(), model, plan, order)
             row, last_batch = train_epoch(engine, batches, plan.steps_per_epoch,
