@@ -64,10 +64,14 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def ray_local(s3_server: S3Server) -> Iterator[None]:
-    """A real local Ray with 2 CPUs, started after the S3 variables so its workers inherit them."""
+    """A real local Ray, started after the S3 variables so its workers inherit them.
+
+    4 logical CPUs on the 2-core machine: Ray Train's placement group reserves its workers' CPUs, and Ray Data
+    still needs CPUs outside it to feed them; with exactly 2 a lingering actor could starve a read forever.
+    """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
