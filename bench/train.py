@@ -160,7 +160,7 @@ def run_cpu(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     rows = [r.to_row() for r in read_records(store) if r.ok and r.split == config.data.train_split]
     plain = plain_run(plan, rows)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run_training(config)
     finally:

@@ -224,12 +224,8 @@ def train_epoch(engine: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, lm, mse, tokens
     micro_steps = steps * accumulation
     started = time.perf_counter()
-    waited = 0.0
-    import resource
     for micro in range(micro_steps):
-        t0 = time.perf_counter()
         batch = next(batches, None)
-        waited += time.perf_counter() - t0
         if batch is None:
             raise RuntimeError(f"worker {rank} ran out of training samples after {micro} of {micro_steps} "
                                "micro-batches (the store changed while training?)")
@@ -245,7 +241,6 @@ def train_epoch(engine: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the clock stops when the GPU's work is done, not when it was queued
     seconds = time.perf_counter() - started
-    print(f"[timing] epoch {seconds:.2f}s data {waited:.2f}s rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1e3:.0f}MB cpu {time.process_time():.1f} gc {__import__('gc').get_count()}", flush=True)
     dist.all_reduce(totals)
     world = dist.get_world_size()
     loss, lm, mse, tokens = totals.tolist()
