@@ -85,6 +85,15 @@ class PreprocessConfig(StrictModel):
     decode_workers: int = Field(0, ge=0, description="parallel decoders (0 = one per CPU)")
     sites: list[str] = Field(default_factory=list, description="extra --source entries: [SITE=][FORMAT:]URI")
 
+    def feature_settings(self) -> dict[str, Any]:
+        """The values that change the features: rows made with different ones must not share a store, and a
+        model must be served with the ones it was trained on."""
+        visual = self.encoders.visual.model_dump(mode="json", exclude={"batch_size"})
+        audio = self.encoders.audio.model_dump(mode="json", exclude={"batch_seconds"})
+        return {"frame_rate": self.media.frame_rate, "frame_size": self.media.frame_size, "audio": audio,
+                "visual": visual, "corpus": self.corpus.model_dump(mode="json", include={"visual_stream",
+                                                                                         "clnf_streams"})}
+
 
 ConfigT = TypeVar("ConfigT", bound=StrictModel)
 

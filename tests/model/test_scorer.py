@@ -203,6 +203,27 @@ def test_prefix_cached_scoring_matches_uncached_generation_and_training_forward(
     assert all(0 < i.regression_score < 3 for i in result.items)
 
 
+def test_a_batch_of_interviews_scores_as_each_interview_alone(scorer):
+    """Interviews with prefixes of different lengths and modality sets, scored in one batch (padded prefixes,
+    one KV cache row per interview repeated for its items) give each interview's own answers and regression."""
+    scorer.eval()
+    with torch.no_grad():
+        scorer.head.mlp[-1].bias.fill_(1.5)
+    records = [make_record("full", scores=None),
+               make_record("audio", seed=1, audio_frames=20, video_frames=None, text=False, scores=None),
+               make_record("video", seed=2, audio_frames=None, video_frames=9, scores=None)]
+    prefixes = {len(scorer.build_item_samples(r)[0].prefix_ids) for r in records}
+    assert len(prefixes) == len(records)  # every prefix a different length: padding is exercised
+    together = scorer.score(records, max_new_tokens=6)
+    for record, result in zip(records, together):
+        alone = scorer.score([record], max_new_tokens=6)[0]
+        assert result.interview_id == record.interview_id and result.modalities == alone.modalities
+        assert [i.text for i in result.items] == [i.text for i in alone.items]
+        torch.testing.assert_close(torch.tensor([i.regression_score for i in result.items]),
+                                   torch.tensor([i.regression_score for i in alone.items]), rtol=0, atol=1e-5)
+    assert scorer.score([], max_new_tokens=6) == []
+
+
 def test_interview_score_fields(scorer):
     scorer.eval()
     results = scorer.score([make_record("a"), make_record("b", seed=3, scores=None)], max_new_tokens=3)

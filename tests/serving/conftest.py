@@ -63,7 +63,7 @@ def tiny_bundle(tiny_llm: str, tmp_path_factory) -> str:
             "video": build_visual_encoder(pipeline.encoders.visual, "cpu").dim}
     model = MultimodalScorer.from_base(tiny_llm, ScorerConfig.model_validate(SCORER_CONFIG), "phq8", dims)
     out = tmp_path_factory.mktemp("serving-bundle") / "tiny-phq8"
-    save_bundle(model, out, {"name": "tiny-phq8", "version": "test-1"})
+    save_bundle(model, out, {"name": "tiny-phq8", "version": "test-1", "preprocess": pipeline.model_dump(mode="json")})
     return str(out)
 
 
@@ -89,7 +89,7 @@ def service(ray_local, tiny_bundle: str, tmp_path_factory) -> Iterator[Service]:
         "auth": {"token_file": str(token_file)},
         "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 64,
                     "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 32}},
-        "preprocessor": {"num_cpus": 0.5, "max_ongoing_requests": 2, "pipeline": PIPELINE,
+        "preprocessor": {"num_cpus": 0.5, "max_ongoing_requests": 2,
                          "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 1}},
         "scorer": {"num_cpus": 0.5, "max_batch_size": 8, "max_ongoing_requests": 16, "batch_wait_timeout_s": 0.2,
                    "max_new_tokens": 8, "autoscaling": {"min_replicas": 1, "max_replicas": 1,

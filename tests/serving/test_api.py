@@ -15,7 +15,9 @@ import pytest
 import ray
 import requests
 
+from mllm_dr.config import PreprocessConfig
 from mllm_dr.data.synthetic import declare_duration, malformed_files, write_recording
+from mllm_dr.model.bundle import read_bundle_description
 from mllm_dr.questionnaires import PHQ8
 
 # Planted in every transcript sent below; it must never reach a log line.
@@ -224,6 +226,9 @@ def test_model_info_health_and_docs(service):
     assert info["name"] == "tiny-phq8" and info["version"] == "test-1" and info["questionnaire"] == "phq8"
     assert info["base_llm"] and set(info["feature_dims"]) == {"audio", "video"}
     assert info["limits"]["max_upload_mb"] == service.max_upload_mb
+    # No preprocessor.pipeline in the service config: the one recorded in the bundle by training is used.
+    recorded = read_bundle_description(service.bundle)["metadata"]["preprocess"]["media"]["frame_size"]
+    assert info["preprocessing"]["frame_size"] == recorded != PreprocessConfig().media.frame_size
     docs = requests.get(f"{service.url}/docs", timeout=10)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = requests.get(f"{service.url}/openapi.json", timeout=10).json()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from mllm_dr.config import PreprocessConfig
 from mllm_dr.errors import UserError
 from mllm_dr.serving.config import ServingConfig, parse_serving_config, read_serve_config_file
 
@@ -55,3 +56,27 @@ def test_serve_options_carry_autoscaling_gpus_and_shutdown():
     assert options["ray_actor_options"]["num_gpus"] == 1
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4}
     assert options["max_ongoing_requests"] == 8 and options["graceful_shutdown_timeout_s"] == 90
+
+
+def test_pipeline_comes_from_the_bundle_and_must_make_its_features():
+    trained = PreprocessConfig.model_validate({"media": {"frame_size": 96},
+                                              "encoders": {"visual": {"weights": "/train/resnet18.pth"}}})
+    description = {"metadata": {"preprocess": trained.model_dump(mode="json")}}
+    plain = ServingConfig.model_validate({"model": {"bundle": "b"}, "limits": {"max_duration_s": 60}})
+    settled = plain.with_training_pipeline(description)
+    assert settled.pipeline_config().feature_settings() == trained.feature_settings()
+    assert settled.pipeline_config().media.limits.max_duration_s == 60  # serving limits still apply
+    assert plain.with_training_pipeline({"metadata": {}}).pipeline_config() == plain.pipeline_config()
+    # Given explicitly: the same features with the encoder weights elsewhere is fine; other features are not.
+    moved = trained.model_copy(deep=True)
+    moved.encoders.visual.weights = "/serve/resnet18.pth"
+    explicit = plain.model_copy(update={"preprocessor": plain.preprocessor.model_copy(update={"pipeline": moved})})
+    assert explicit.with_training_pipeline(description).preprocessor.pipeline.encoders.visual.weights == (
+        "/serve/resnet18.pth")
+    other = moved.model_copy(deep=True)
+    other.media.frame_size, other.encoders.audio.n_mels = 224, 40
+    wrong = plain.model_copy(update={"preprocessor": plain.preprocessor.model_copy(update={"pipeline": other})})
+    with pytest.raises(UserError, match=r"\(audio\.n_mels, frame_size differ\)"):
+        wrong.with_training_pipeline(description)
+    with pytest.raises(UserError, match="recorded preprocessing is not valid"):
+        plain.with_training_pipeline({"metadata": {"preprocess": {"media": {"frame_rate": -1}}}})

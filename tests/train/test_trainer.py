@@ -61,6 +61,8 @@ def test_two_stages_on_zero2_learn_and_ship_the_best_dev_epoch(reference_run):
     bundle_dir = resolve(result.bundle).path
     description = json.loads(Path(bundle_dir, "mllm_dr.json").read_text())
     assert description["metadata"]["best"]["global_step"] == best["global_step"]
+    manifest = json.loads(resolve(description["metadata"]["store"]).join("manifest.json").read_text())
+    assert description["metadata"]["preprocess"] == manifest["config"]
     best_weights = load_file(checkpoint / "best.safetensors")
     model = load_bundle(bundle_dir)
     shipped = model.multimodal_state_dict()

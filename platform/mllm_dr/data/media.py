@@ -258,8 +258,10 @@ class _DecoderChild:
             _POOL.add_cpu(result["cpu_s"])
             if result.get("error"):
                 raise MediaError(result["error"])
-            arrays = {name: np.load(os.path.join(workdir, f"{name}.npy")) if result[f"has_{name}"] else None
-                      for name in ("waveform", "frames")}
+            # Mapped, not read: the pages the child wrote are used in place (no second copy of ~100 MB for a
+            # long interview); copy-on-write keeps the arrays writable, and the mapping outlives the file.
+            arrays = {name: np.asarray(np.load(os.path.join(workdir, f"{name}.npy"), mmap_mode="c"))
+                      if result[f"has_{name}"] else None for name in ("waveform", "frames")}
         return DecodedMedia(waveform=arrays["waveform"], frames=arrays["frames"],
                             frame_rate=result["frame_rate"], duration_s=result["duration_s"])
 

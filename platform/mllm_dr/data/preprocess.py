@@ -359,15 +359,6 @@ def prune_store(store: Location, drop: dict[str, set[Identity]]) -> None:
             store.fs.rm(path)
 
 
-def feature_settings(config: PreprocessConfig) -> dict[str, Any]:
-    """The config values that change the features; rows made with different ones must not share a store."""
-    visual = config.encoders.visual.model_dump(mode="json", exclude={"batch_size"})
-    audio = config.encoders.audio.model_dump(mode="json", exclude={"batch_seconds"})
-    return {"frame_rate": config.media.frame_rate, "frame_size": config.media.frame_size, "audio": audio,
-            "visual": visual, "corpus": config.corpus.model_dump(mode="json", include={"visual_stream",
-                                                                                      "clnf_streams"})}
-
-
 def read_manifest(store: Location) -> dict[str, Any] | None:
     target = store.join(MANIFEST)
     if not target.exists():
@@ -467,7 +458,7 @@ def run_preprocess(sources: list[str], out_uri: str, config: PreprocessConfig, o
     inputs = discover_inputs([*sources, *config.sites], config)
     _check_writable(store)
     manifest = read_manifest(store)
-    settings = feature_settings(config)
+    settings = config.feature_settings()
     existing = scan_store(store)
     if existing and manifest and manifest.get("feature_settings") != settings:
         if not overwrite:
@@ -568,7 +559,7 @@ def _write_manifest(store: Location, config: PreprocessConfig, sources: list[str
         "updated": now,
         "code_version": code_version(),
         "config": config.model_dump(mode="json"),
-        "feature_settings": feature_settings(config),
+        "feature_settings": config.feature_settings(),
         "sources": [*sources, *config.sites],
         "encoders": _store_encoders(rows),
         "counts": _counts(rows),

@@ -362,24 +362,35 @@ class MultimodalScorer(nn.Module):
         """Score every item of every interview: greedy answer + regression, final score, total, severity.
 
         ``modalities`` restricts what the prompts use (``{"audio", "video", "text"}``; default: all that the
-        model has and the interview carries). The interview prefix is run once and its KV cache shared by the
-        items, which are generated together as one batch.
+        model has and the interview carries). All interviews run together: each interview's prefix is computed
+        once and its KV cache shared by its items, and the items of all interviews are generated as one batch
+        (so a caller's batch of interviews costs about one interview's number of forward passes).
         """
+        if not records:
+            return []
         was_training = self.training
         self.eval()
         try:
-            return [self._score_interview(record, modalities, generate, max_new_tokens or self.config.max_new_tokens)
-                    for record in records]
+            interviews = [self._prompts.item_samples(record, modalities=modalities, with_targets=False)
+                          for record in records]
+            steps = (max_new_tokens or self.config.max_new_tokens) if generate else 0
+            regression, token_ids = self._run_items(interviews, steps)
+            scores, start = [], 0
+            for record, samples in zip(records, interviews):
+                stop = start + len(samples)
+                scores.append(self._interview_score(record, samples, regression[start:stop].tolist(),
+                                                    token_ids[start:stop]))
+                start = stop
+            return scores
         finally:
             self.train(was_training)
 
-    def _score_interview(self, record: InterviewRecord, modalities: set[str] | None, generate: bool,
-                         max_new_tokens: int) -> InterviewScore:
-        samples = self._prompts.item_samples(record, modalities=modalities, with_targets=False)
+    def _interview_score(self, record: InterviewRecord, samples: Sequence[ItemSample], regression: list[float],
+                         token_ids: list[list[int]]) -> InterviewScore:
+        """Turn one interview's raw outputs (regression values, answer tokens) into its scored items."""
         language = samples[0].language
-        regression, token_ids = self._run_items(samples, max_new_tokens if generate else 0)
         items = []
-        for sample, predicted, ids in zip(samples, regression.tolist(), token_ids):
+        for sample, predicted, ids in zip(samples, regression, token_ids):
             item = self.questionnaire.items[sample.item]
             clipped = min(max(predicted, 0.0), float(MAX_ITEM_SCORE))
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()  # "" without generation
@@ -394,24 +405,30 @@ class MultimodalScorer(nn.Module):
             self.questionnaire.severity(total, language), self.questionnaire.screen_positive(total),
             samples[0].modalities, language)
 
-    def _run_items(self, samples: Sequence[ItemSample], max_new_tokens: int) -> tuple[torch.Tensor, list[list[int]]]:
-        """Regression scores ``[n]`` and greedy answer token ids (stop token excluded) for the items of one
-        interview, computing their shared prefix once.
+    def _run_items(self, interviews: Sequence[Sequence[ItemSample]], max_new_tokens: int
+                   ) -> tuple[torch.Tensor, list[list[int]]]:
+        """Regression scores ``[n]`` and greedy answer token ids (stop token excluded) for the ``n`` items of
+        all ``interviews`` (item samples grouped by interview), in that order.
 
-        The prefix (with modality tokens) runs at batch 1; its KV cache is repeated for the n items, whose
-        instructions are left-padded to one length (padding masked, positions continuing the prefix) so that the
-        last column is every item's last prompt token; decoding then proceeds for all items together, dropping
-        finished ones from the batch.
+        The B interview prefixes (with modality tokens) run as one right-padded batch, as in training; each
+        prefix's KV cache row is then repeated for its interview's items, whose instructions are left-padded to
+        one length (padding masked, positions continuing their own prefix) so that the last column is every
+        item's last prompt token; decoding then proceeds for all items together, dropping finished ones.
         """
         decoder, lm_head = self.causal_lm.get_decoder(), self.causal_lm.get_output_embeddings()
-        device, n = self.device, len(samples)
+        device = self.device
+        samples = [sample for items in interviews for sample in items]
+        n = len(samples)
         prefix = collate([ItemSample(s.interview_key, s.item, s.language, s.prefix_ids, [], [], None, s.features)
-                          for s in samples[:1]], self.pad_token_id)
+                          for s in (items[0] for items in interviews)], self.pad_token_id)
+        prefix_mask = prefix["attention_mask"].to(device)
         cache = DynamicCache(config=self.causal_lm.config)
-        prefix_len = prefix["input_ids"].shape[1]
-        prefix_hidden = decoder(inputs_embeds=self.embed(prefix), attention_mask=prefix["attention_mask"].to(device),
+        prefix_hidden = decoder(inputs_embeds=self.embed(prefix), attention_mask=prefix_mask,
                                 cache=cache, use_cache=True).last_hidden_state
-        cache.batch_repeat_interleave(n)
+        interview_of_item = torch.repeat_interleave(
+            torch.arange(len(interviews), device=device), torch.tensor([len(i) for i in interviews], device=device))
+        cache.batch_select_indices(interview_of_item)
+        prefix_mask = prefix_mask[interview_of_item]
 
         width = max(len(s.item_ids) for s in samples)
         item_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long, device=device)
@@ -419,12 +436,12 @@ class MultimodalScorer(nn.Module):
         for row, sample in enumerate(samples):
             item_ids[row, width - len(sample.item_ids):] = torch.tensor(sample.item_ids, device=device)
             item_mask[row, width - len(sample.item_ids):] = 1
-        attention_mask = torch.cat([torch.ones((n, prefix_len), dtype=torch.long, device=device), item_mask], dim=1)
-        positions = prefix_len + (item_mask.cumsum(dim=1) - 1).clamp(min=0)
+        attention_mask = torch.cat([prefix_mask, item_mask], dim=1)
+        positions = prefix_mask.sum(dim=1, keepdim=True) + (item_mask.cumsum(dim=1) - 1).clamp(min=0)
         item_hidden = decoder(inputs_embeds=self.causal_lm.get_input_embeddings()(item_ids),
                               attention_mask=attention_mask, position_ids=positions, cache=cache,
                               use_cache=True).last_hidden_state
-        regression = self.head(torch.cat([prefix_hidden.expand(n, -1, -1), item_hidden], dim=1),
+        regression = self.head(torch.cat([prefix_hidden[interview_of_item], item_hidden], dim=1),
                                attention_mask.bool())
         generated: list[list[int]] = [[] for _ in range(n)]
         if max_new_tokens <= 0:

@@ -64,6 +64,9 @@ class ModelInfo(BaseModel):
     base_llm: str | None
     feature_dims: dict[str, int]
     limits: dict[str, float]
+    preprocessing: dict[str, object] = Field(
+        description="what uploads are turned into: frame rate and size, audio and visual encoders (the settings "
+                    "the model was trained with)")
     batching: dict[str, object] = Field(description="batch-size statistics of the scorer replica that answered")
 
 

@@ -106,6 +106,7 @@ class Ingress:
         self.preprocessor = preprocessor
         self.scorer = scorer
         self.limits = config.limits
+        self.preprocessing = config.pipeline_config().feature_settings()
         self._model: dict[str, Any] | None = None
 
     async def model_description(self) -> dict[str, Any]:
@@ -129,7 +130,8 @@ class Ingress:
         model = await self.model_description()
         limits = {"max_upload_mb": self.limits.max_upload_mb, "max_duration_s": self.limits.max_duration_s,
                   "request_timeout_s": self.limits.request_timeout_s}
-        return ModelInfo(**model, limits=limits, batching=await self.scorer.batch_stats.remote())
+        return ModelInfo(**model, limits=limits, preprocessing=self.preprocessing,
+                         batching=await self.scorer.batch_stats.remote())
 
     @app.post("/v1/assessments", response_model=Assessment, responses=ERROR_RESPONSES,
               openapi_extra=OPENAPI_REQUEST_BODY, summary="score one interview")
@@ -197,7 +199,10 @@ class Ingress:
 def build_app(args: dict[str, Any]) -> Application:
     """The application builder for ``import_path: mllm_dr.serving.app:build_app`` (``args``: ServingConfig)."""
     config = args if isinstance(args, ServingConfig) else parse_serving_config(dict(args), "application args")
+    from mllm_dr.model.bundle import read_bundle_description
+
     config = config.with_absolute_paths()
+    config = config.with_training_pipeline(read_bundle_description(config.model.bundle))
     preprocessor = Preprocessor.options(**config.preprocessor.serve_options()).bind(config)
     scorer = Scorer.options(**config.scorer.serve_options()).bind(config)
     ingress = Ingress.options(**config.ingress.serve_options(), logging_config={"enable_access_log": False})
@@ -216,7 +221,8 @@ def main(args: argparse.Namespace) -> int:
         raw["auth"] = {**raw.get("auth", {}), "insecure_no_auth": True}
     config = parse_serving_config(raw, f"serving config{f' {args.config}' if args.config else ''}")
     Authenticator(load_tokens(config.auth.token_file), config.auth.insecure_no_auth)  # refuse early, here
-    read_bundle_description(config.model.bundle)  # a wrong --model is a one-line error, not a failed deployment
+    # A wrong --model or a pipeline the model was not trained with is a one-line error, not a failed deployment.
+    config.with_training_pipeline(read_bundle_description(config.model.bundle))
     if config.auth.insecure_no_auth:
         print("warning: authentication is OFF (--insecure-no-auth); anyone who can reach the port can use it")
     host = args.host or http_options.get("host", "127.0.0.1")

@@ -78,10 +78,11 @@ class DeploymentOptions(StrictModel):
 
 
 class PreprocessorOptions(DeploymentOptions):
-    pipeline: PreprocessConfig = Field(
-        default_factory=PreprocessConfig,
-        description="the preprocessing config the model was trained with (media, encoders); its media limits "
-                    "are tightened to the serving limits")
+    pipeline: PreprocessConfig | None = Field(
+        None,
+        description="the preprocessing (media, encoders) to run on uploads; default: the one recorded in the "
+                    "bundle by training. If given it must make the same features (encoder file locations may "
+                    "differ). Its media limits are tightened to the serving limits")
 
 
 class ScorerOptions(DeploymentOptions):
@@ -127,14 +128,54 @@ class ServingConfig(StrictModel):
         config.limits.local_video_roots = [_absolute(root) for root in config.limits.local_video_roots]
         return config
 
+    def with_training_pipeline(self, bundle_description: dict[str, Any]) -> ServingConfig:
+        """This config with ``preprocessor.pipeline`` settled against the preprocessing the bundle was trained
+        with (``metadata.preprocess`` in its mllm_dr.json): taken from the bundle when not given, checked when
+        given. A model fed features of another kind scores nonsense with no error, hence the refusal."""
+        recorded = (bundle_description.get("metadata") or {}).get("preprocess")
+        if recorded is None:
+            return self
+        try:
+            trained = PreprocessConfig.model_validate(recorded)
+        except ValidationError as exc:
+            raise UserError(f"the bundle's recorded preprocessing is not valid here: "
+                            f"{describe_validation_error(exc)}") from None
+        config = self.model_copy(deep=True)
+        if config.preprocessor.pipeline is None:
+            config.preprocessor.pipeline = trained
+            return config
+        differences = _differences(config.preprocessor.pipeline.feature_settings(), trained.feature_settings())
+        if differences:
+            raise UserError(f"preprocessor.pipeline makes other features than the model was trained on "
+                            f"({', '.join(differences)} differ); remove preprocessor.pipeline to use the bundle's")
+        return config
+
     def pipeline_config(self) -> PreprocessConfig:
         """The preprocessing config with media limits no looser than the serving limits."""
-        pipeline = self.preprocessor.pipeline.model_copy(deep=True)
+        pipeline = (self.preprocessor.pipeline or PreprocessConfig()).model_copy(deep=True)
         limits = pipeline.media.limits
         limits.max_duration_s = min(limits.max_duration_s, self.limits.max_duration_s)
         limits.max_file_mb = min(limits.max_file_mb, self.limits.max_upload_mb)
         limits.decode_timeout_s = min(limits.decode_timeout_s, self.limits.request_timeout_s)
         return pipeline
+
+
+# Where an encoder's files live differs between the preprocessing and the serving machines; what they are does not.
+_LOCATIONS = frozenset({"weights", "path"})
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested settings mappings (file locations excepted)."""
+    found = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key), theirs.get(key)
+        if key in _LOCATIONS:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
 
 
 def _absolute(path: str | None) -> str | None:

@@ -70,6 +70,7 @@ class WorkerPlan:
     steps_per_epoch: int  # optimizer steps per epoch, identical on every worker
     rationales: dict[tuple[str, str], dict[int, str]]  # (site, interview_id) -> {item number: rationale}
     bundle: Location  # <storage>/<run>/bundle
+    preprocess: dict[str, Any] | None = None  # the store's preprocessing config: the bundle records it for serving
 
 
 @dataclass
@@ -410,7 +411,8 @@ def write_bundle(plan: WorkerPlan, weights: dict[str, torch.Tensor] | None, stat
     load_learned_state(model, weights)
     metadata = {"run": config.run.name, "storage": config.run.storage, "store": config.data.store,
                 "rationales": config.data.rationales, "best": state.best, "global_steps": state.global_step,
-                "history": state.history, "train_config": config.model_dump(mode="json")}
+                "history": state.history, "train_config": config.model_dump(mode="json"),
+                "preprocess": plan.preprocess}
     target = plan.bundle
     if target.protocol == "file":
         save_bundle(model, target.path, metadata)

@@ -108,7 +108,8 @@ def plan_run(config: TrainConfig) -> tuple[WorkerPlan, Location]:
     dims = dict(config.model.feature_dims) if config.model.feature_dims is not None else feature_dims(store)
     storage = resolve(config.run.storage)
     plan = WorkerPlan(config=config, feature_dims=dims, steps_per_epoch=steps, rationales=rationales,
-                      bundle=storage.join(config.run.name, BUNDLE_DIR))
+                      bundle=storage.join(config.run.name, BUNDLE_DIR),
+                      preprocess=(read_manifest(store) or {}).get("config"))
     return plan, store
 
 
