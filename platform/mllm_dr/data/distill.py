@@ -55,6 +55,7 @@ from mllm_dr.data.samples import (
 )
 from mllm_dr.errors import UserError
 from mllm_dr.questionnaires import ANCHORS, Questionnaire, get_questionnaire
+from mllm_dr.ray_runtime import ray_session
 from mllm_dr.storage import Location, resolve
 
 RATIONALE_SCHEMA = pa.schema([("interview_id", pa.string()), ("site", pa.string()), ("item", pa.int8()),
@@ -437,22 +438,21 @@ def run_distill(store_uri: str, teacher: str, out_uri: str, config: DistillConfi
 
     counts: Counter[str] = Counter()
     if todo:
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False)
-        dataset = ray.data.from_items([dataclasses.asdict(r) for r in todo])
-        if http:
-            answers = dataset.map_batches(
-                HttpTeacher, fn_constructor_args=(teacher, config.model_dump_json()), batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=config.workers), num_cpus=0.25)
-        else:
-            gpus = config.local.num_gpus
-            if gpus is None:
-                gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-            answers = dataset.map_batches(
-                LocalTeacher, fn_constructor_args=(teacher, config.model_dump_json()),
-                batch_size=config.local.batch_size, compute=ray.data.ActorPoolStrategy(size=config.workers),
-                num_gpus=gpus, num_cpus=1)
-        _write_accepted(answers, out, config.flush_every, counts)
+        with ray_session():
+            dataset = ray.data.from_items([dataclasses.asdict(r) for r in todo])
+            if http:
+                answers = dataset.map_batches(
+                    HttpTeacher, fn_constructor_args=(teacher, config.model_dump_json()), batch_size=1,
+                    compute=ray.data.ActorPoolStrategy(size=config.workers), num_cpus=0.25)
+            else:
+                gpus = config.local.num_gpus
+                if gpus is None:
+                    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+                answers = dataset.map_batches(
+                    LocalTeacher, fn_constructor_args=(teacher, config.model_dump_json()),
+                    batch_size=config.local.batch_size, compute=ray.data.ActorPoolStrategy(size=config.workers),
+                    num_gpus=gpus, num_cpus=1)
+            _write_accepted(answers, out, config.flush_every, counts)
 
     summary = DistillSummary(
         pairs=len(requests), already_done=len(requests) - len(todo), asked=len(todo), accepted=counts["accepted"],

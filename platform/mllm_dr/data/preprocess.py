@@ -52,7 +52,8 @@ from mllm_dr.data.sources import InterviewInput, RawInterview, parse_source
 from mllm_dr.data.splits import assign_splits
 from mllm_dr.data.transcripts import Turn
 from mllm_dr.errors import UserError
-from mllm_dr.storage import S3_ENDPOINT_ENV, Location, resolve
+from mllm_dr.ray_runtime import ray_session
+from mllm_dr.storage import Location, resolve
 
 if TYPE_CHECKING:
     from mllm_dr.data.features import AudioEncoder, VisualEncoder
@@ -498,8 +499,7 @@ def _run_ray_pipeline(inputs: list[InterviewInput], store: Location, config: Pre
                       done: dict[Identity, str], overwrite: bool, run_id: str, progress: bool) -> list[dict[str, Any]]:
     import ray
 
-    started_ray = _ensure_ray()
-    try:
+    with ray_session():
         ray.data.DataContext.get_current().enable_progress_bars = progress  # Ray's per-stage interview counts
         encoder_workers = config.encoders.workers
         loaders = config.decode_workers or max(1, int(ray.cluster_resources().get("CPU", 1)) - encoder_workers)
@@ -516,25 +516,6 @@ def _run_ray_pipeline(inputs: list[InterviewInput], store: Location, config: Pre
             num_cpus=1, **gpu_args)
         return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
                 for row in dataset.iter_rows()]
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
-def _ensure_ray() -> bool:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray. Returns whether this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Workers resolve s3:// URIs themselves, so they need the custom endpoint (an address, not a secret). A job
-    # driver must not pass it again: Ray refuses a runtime_env that repeats one of the job's own variables.
-    endpoint = os.environ.get(S3_ENDPOINT_ENV)
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    runtime_env = {"env_vars": {S3_ENDPOINT_ENV: endpoint}} if endpoint and not in_job else None
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env=runtime_env, log_to_driver=False,
-             include_dashboard=False)
-    return True
 
 
 def _check_writable(store: Location) -> None:

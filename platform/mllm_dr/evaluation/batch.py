@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from mllm_dr.data.records import InterviewRecord, read_records, records_dir, table_to_records
 from mllm_dr.errors import UserError
 from mllm_dr.evaluation.predictions import rows_to_table, score_records
+from mllm_dr.ray_runtime import ray_session
 from mllm_dr.storage import Location, resolve
 
 KEY_COLUMNS = ("site", "interview_id")
@@ -132,32 +133,28 @@ def run_score(model_dir: str, store_uri: str, out_uri: str, *, base_llm_dir: str
         print(f"nothing to score: all {len(stored)} interviews of {store.uri} are already in {out.uri}")
         return ScoreSummary(0, 0, 0, len(done), 0.0)
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init()
     try:
-        gpus = gpus_per_worker if gpus_per_worker is not None else (
-            1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
-        dataset = ray.data.read_parquet(records_dir(store).uri, filesystem=store.arrow_filesystem())
-        if done:
-            dataset = dataset.map_batches(drop_scored, fn_kwargs={"scored": sorted(done)}, batch_format="pyarrow")
-        dataset = dataset.map_batches(
-            ScorerActor,
-            fn_constructor_kwargs={"model_dir": str(model_dir), "base_llm_dir": base_llm_dir,
-                                   "device": "cuda" if gpus > 0 else "cpu", "generate": generate,
-                                   "max_new_tokens": max_new_tokens},
-            compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, batch_size=batch_size,
-            batch_format="pyarrow")
-        return _stream_to_parquet(dataset, out, flush_every, len(done))
+        with ray_session():
+            gpus = gpus_per_worker if gpus_per_worker is not None else (
+                1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
+            dataset = ray.data.read_parquet(records_dir(store).uri, filesystem=store.arrow_filesystem())
+            if done:
+                dataset = dataset.map_batches(drop_scored, fn_kwargs={"scored": sorted(done)},
+                                              batch_format="pyarrow")
+            dataset = dataset.map_batches(
+                ScorerActor,
+                fn_constructor_kwargs={"model_dir": str(model_dir), "base_llm_dir": base_llm_dir,
+                                       "device": "cuda" if gpus > 0 else "cpu", "generate": generate,
+                                       "max_new_tokens": max_new_tokens},
+                compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, batch_size=batch_size,
+                batch_format="pyarrow")
+            return _stream_to_parquet(dataset, out, flush_every, len(done))
     except ray.exceptions.RayError as exc:
         # A UserError inside an actor (bundle and base LLM that do not fit, ...) reaches us only as text.
         found = _USER_ERROR_LINE.search(str(exc))
         if found:
             raise UserError(f"scoring worker: {found.group(1)}") from None
         raise
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def _stream_to_parquet(dataset: Any, out: Location, flush_every: int, skipped: int) -> ScoreSummary:

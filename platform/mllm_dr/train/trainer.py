@@ -26,6 +26,7 @@ from mllm_dr.data.preprocess import read_manifest
 from mllm_dr.data.records import records_dir, table_to_records
 from mllm_dr.errors import UserError
 from mllm_dr.questionnaires import get_questionnaire
+from mllm_dr.ray_runtime import ray_session
 from mllm_dr.storage import Location, resolve
 from mllm_dr.train.config import TrainConfig
 from mllm_dr.train.loop import BUNDLE_DIR, WorkerPlan, train_worker
@@ -151,12 +152,9 @@ def build_trainer(plan: WorkerPlan, store: Location) -> Any:
 
 def run_training(config: TrainConfig) -> TrainResult:
     """Run (or resume) the whole two-stage training; returns once the bundle is written."""
-    import ray
-
     plan, store = plan_run(config)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
-    result = build_trainer(plan, store).fit()
+    with ray_session(log_to_driver=True):  # the workers' epoch lines are the run's progress
+        result = build_trainer(plan, store).fit()
     if not plan.bundle.join("mllm_dr.json").exists():
         raise RuntimeError(f"training finished but wrote no bundle at {plan.bundle.uri}")
     return TrainResult(metrics=dict(result.metrics or {}),
