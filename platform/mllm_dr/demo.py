@@ -25,16 +25,8 @@ from typing import Any
 SITES = ("north", "south")
 INTERVIEWS_PER_SITE = 12
 SECONDS = 12.0
-# Small enough for 2 CPU cores: 8 queries x 2 layers per LQ-former. A random tiny LLM has no language to keep, so
-# LoRA covers every projection and the learning rates are far above the paper's (which suit a pretrained 8B LLM).
-SCORER = {"lq_former": {"num_queries": 8, "num_layers": 2, "num_heads": 4},
-          "lora": {"r": 16, "alpha": 32, "dropout": 0.0,
-                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-          "head": {"hidden_dim": 64}, "max_new_tokens": 48, "prompt": {"transcript_max_tokens": 384}}
-STAGES = [{"name": "align", "epochs": 6, "alpha": {"kind": "constant", "start": 0.0},
-           "lr": {"lq_former": 1e-3, "projectors": 1e-3, "head": 1e-3}},
-          {"name": "multitask", "epochs": 6, "alpha": {"kind": "linear", "start": 0.3, "end": 0.7},
-           "lr": {"llm": 3e-3, "head": 3e-4}}]
+# The training recipe is the one users run by hand: jobs/configs/demo.yaml, with the demo's paths.
+RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "demo.yaml"
 
 
 @dataclass(frozen=True)
@@ -69,7 +61,7 @@ def run_demo(workdir: Path, interviews_per_site: int = INTERVIEWS_PER_SITE, epoc
     """Run every step; ``interviews_per_site`` and ``epochs`` (per stage) shrink it for a quick smoke run."""
     import ray
 
-    from mllm_dr.config import PreprocessConfig
+    from mllm_dr.config import PreprocessConfig, read_yaml_mapping
     from mllm_dr.data.preprocess import run_preprocess
     from mllm_dr.data.synthetic import synthesize
     from mllm_dr.evaluation.report import EvaluationConfig, evaluate
@@ -103,14 +95,12 @@ def run_demo(workdir: Path, interviews_per_site: int = INTERVIEWS_PER_SITE, epoc
             print(f"    {llm}")
 
         with steps.step("Training with Ray Train + DeepSpeed ZeRO-2 on 2 CPU workers: align, then multitask"):
-            config = TrainConfig.model_validate({
-                "data": {"store": store},
-                "model": {"base_llm": llm, "scorer": SCORER},
-                "stages": [{**stage, "epochs": epochs or stage["epochs"]} for stage in STAGES],
-                "deepspeed": {"zero_stage": 2, "precision": "fp32", "micro_batch_size": 4},
-                "scaling": {"workers": 2},
-                "run": {"name": "demo", "storage": str(workdir / "runs"), "max_failures": 1},
-            })
+            recipe = read_yaml_mapping(RECIPE)
+            recipe["data"]["store"], recipe["model"]["base_llm"] = store, llm
+            recipe["run"]["storage"] = str(workdir / "runs")
+            for stage in recipe["stages"]:
+                stage["epochs"] = epochs or stage["epochs"]
+            config = TrainConfig.model_validate(recipe)
             trained = run_training(config)
             bundle = trained.bundle
             print(f"    {bundle}")
