@@ -17,9 +17,12 @@ built from a config with random weights (nothing downloaded), DeepSpeed ZeRO-2 b
 ``4 N + 12 L T d`` FLOPs (forward 2N, input gradients 2N, no weight gradients; attention forward 4LTd and its
 backward 8LTd; N = non-embedding LLM parameters, L layers, T sequence length, d hidden size). MFU is that rate
 over the GPU's dense bf16 peak (989 TFLOP/s for H100/H200 SXM unless ``--peak-tflops`` says otherwise).
+``--device cpu`` runs the same code on the CPU (gloo, fp32), e.g. ``--size tiny --seq 640`` to check it works
+where there is no GPU; its MFU figure is only as meaningful as the ``--peak-tflops`` given.
 
     python bench/train.py                       # CPU: Ray Train + DeepSpeed vs plain PyTorch
     python bench/train.py --gpu --size 1b       # GPU: MFU of the multitask stage, seq 2048
+    python bench/train.py --gpu --device cpu --size tiny --seq 640 --steps 3 --warmup 1 --peak-tflops 0.1
 """
 
 from __future__ import annotations
@@ -56,12 +59,14 @@ AUDIO_DIM, VIDEO_DIM = 80, 512
 WORDS = ["sleep", "tired", "work", "friends", "family", "morning", "night", "food", "energy", "focus", "worry", "hope",
          "sad", "fine", "days", "weeks", "often", "rarely", "always", "never", "little", "much", "better", "worse",
          "home", "walk", "read", "talk", "feel", "think"]
-# Real-size Llama-3.2-like configs (random weights), by name.
+# Real-size Llama-3.2-like configs (random weights), by name; "tiny" only checks the code path.
 SIZES = {
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True},
     "3b": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
            "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True},
+    "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
 }
 
 
@@ -189,12 +194,14 @@ def run_cpu(args: argparse.Namespace) -> None:
 def run_gpu(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu needs a CUDA GPU")
+    on_gpu = args.device == "cuda"
+    if on_gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA GPU (or --device cpu to check the code path)")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29512"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
-    torch.cuda.set_device(0)
-    dist.init_process_group("nccl")
+    if on_gpu:
+        torch.cuda.set_device(0)
+    dist.init_process_group("nccl" if on_gpu else "gloo")
     work = Path(tempfile.mkdtemp(prefix="mllm-dr-bench-gpu-"))
     shape = SIZES[args.size]
     started = time.perf_counter()
@@ -206,13 +213,15 @@ def run_gpu(args: argparse.Namespace) -> None:
         return TrainConfig.model_validate({
             "data": {"store": str(work)}, "model": {"base_llm": llm, "scorer": _scorer(32, 4, transcript_tokens)},
             "stages": [{"name": "multitask", "epochs": 1, "alpha": {"kind": "constant", "start": 0.5}}],
-            "deepspeed": {"zero_stage": 2, "precision": "bf16", "micro_batch_size": args.micro},
+            "deepspeed": {"zero_stage": 2, "precision": "bf16" if on_gpu else "fp32", "micro_batch_size": args.micro},
             "run": {"name": "bench-gpu", "storage": str(work)}})
 
     dims = {"audio": AUDIO_DIM, "video": VIDEO_DIM}
     no_transcript = PromptBuilder(AutoTokenizer.from_pretrained(llm), "phq8", PromptConfig(transcript_max_tokens=0),
                                   {m: 32 for m in dims})
     overhead = max(len(s.input_ids) for s in no_transcript.item_samples(synthetic_records(1, turns=1)[0]))
+    if args.seq < overhead + 64:
+        raise SystemExit(f"--seq {args.seq} leaves no room for a transcript: prompts without one take {overhead}")
     plan = WorkerPlan(config_with(args.seq - overhead - 16), dims, args.steps, {}, resolve(str(work / "bundle")))
     model = build_model(plan)
     records = synthetic_records(max(2, args.micro * (args.steps + args.warmup) // 8 + 1), turns=4 * args.seq // 12)
@@ -220,11 +229,12 @@ def run_gpu(args: argparse.Namespace) -> None:
     batches = [model.collate(samples[i:i + args.micro]) for i in range(0, len(samples) - args.micro + 1, args.micro)]
     tokens_per_sample = float(np.mean([b["attention_mask"].sum(1).float().mean() for b in batches]))
 
-    engine = build_engine(model, plan.config.stages[0], plan, world=1, on_gpu=True)
+    engine = build_engine(model, plan.config.stages[0], plan, world=1, on_gpu=on_gpu)
     state = RunState()
     train_epoch(engine, iter(batches[:args.warmup]), args.warmup, 1, 0.5, state, plan, 0)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     metrics, _ = train_epoch(engine, iter(batches[args.warmup:]), args.steps, 1, 0.5, state, plan, 0)
 
     text = model.causal_lm.config
@@ -233,14 +243,16 @@ def run_gpu(args: argparse.Namespace) -> None:
     flops_per_token = 4 * n + 12 * text.num_hidden_layers * tokens_per_sample * text.hidden_size
     achieved = metrics["train_tokens_per_s"] * flops_per_token
     peak = args.peak_tflops * 1e12
-    print(f"GPU: {torch.cuda.get_device_name(0)}; model {args.size}: {n / 1e9:.2f}B non-embedding parameters, "
+    device = torch.cuda.get_device_name(0) if on_gpu else "CPU (code-path check)"
+    print(f"device: {device}; model {args.size}: {n / 1e6:,.1f}M non-embedding parameters, "
           f"{text.num_hidden_layers} layers, hidden {text.hidden_size}")
-    print(f"multitask stage, ZeRO-2 bf16, micro-batch {args.micro}, {tokens_per_sample:.0f} tokens per sample, "
-          f"{args.steps} timed steps")
-    print(f"tokens/s {metrics['train_tokens_per_s']:.0f}; {flops_per_token / 1e9:.2f} GFLOP/token; "
-          f"achieved {achieved / 1e12:.1f} TFLOP/s; MFU {100 * achieved / peak:.1f}% of {args.peak_tflops:.0f} "
+    print(f"multitask stage, ZeRO-2 {plan.config.deepspeed.precision}, micro-batch {args.micro}, "
+          f"{tokens_per_sample:.0f} tokens per sample, {args.steps} timed steps")
+    print(f"tokens/s {metrics['train_tokens_per_s']:.0f}; {flops_per_token / 1e9:.3g} GFLOP/token; "
+          f"achieved {achieved / 1e12:.3g} TFLOP/s; MFU {100 * achieved / peak:.1f}% of {args.peak_tflops:g} "
           f"TFLOP/s (target >= 40%)")
-    print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    if on_gpu:
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     dist.destroy_process_group()
 
 
@@ -248,6 +260,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="MFU of the multitask stage on a real-size config")
     parser.add_argument("--size", choices=sorted(SIZES), default="1b", help="GPU model size (default: 1b)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="--gpu on the CPU checks the code path (default: cuda)")
     parser.add_argument("--seq", type=int, default=2048, help="GPU: tokens per sample (default: 2048)")
     parser.add_argument("--micro", type=int, default=None, help="micro-batch (default: 4 CPU, 8 GPU)")
     parser.add_argument("--steps", type=int, default=20, help="GPU: timed steps (default: 20)")
