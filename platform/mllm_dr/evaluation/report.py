@@ -47,7 +47,8 @@ DECISION_SUPPORT = ("Decision support, not diagnosis: these scores help a clinic
                     "they do not diagnose depression and must not replace a clinical assessment.")
 SCORE_COLUMNS = {"final": "final_score", "generated": "generated_score", "regression": "regression_score"}
 PLOTS = {"scatter": "totals_scatter.png", "confusion": "item_confusion.png", "sites": "error_by_site.png"}
-_SCORE_CHUNK = 8  # interviews per model.score call: granularity of the progress bar and of failure isolation
+_SCORE_CHUNK = 8  # interviews per model.score call: one forward pass (its KV cache grows with it), a progress step,
+# and the unit of failure isolation
 
 
 class EvaluationConfig(StrictModel):
