@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mllm_dr.errors import UserError
+
 SITES = ("north", "south")
 INTERVIEWS_PER_SITE = 12
 SECONDS = 12.0
@@ -69,6 +71,9 @@ def run_demo(workdir: Path, interviews_per_site: int = INTERVIEWS_PER_SITE, epoc
     from mllm_dr.train.config import TrainConfig
     from mllm_dr.train.trainer import run_training
 
+    if not RECIPE.is_file():
+        raise UserError(f"mllm-dr demo runs from a checkout of the repository: its training recipe {RECIPE} "
+                        "is missing")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     steps = Steps(total=6)
