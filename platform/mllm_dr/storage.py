@@ -88,10 +88,6 @@ class Location:
     def size(self) -> int:
         return int(_guard(self.fs.size, self.path))
 
-    def local_path(self) -> str | None:
-        """The path on local disk, when there is one (lets PyAV and friends read without a copy)."""
-        return self.path if self.protocol == "file" else None
-
     @contextlib.contextmanager
     def local_copy(self) -> Iterator[str]:
         """A local path to this file for readers that need one (PyAV, h5py): the file itself on local disk,

@@ -62,9 +62,9 @@ def count_labelled(store: Location, split: str) -> int:
     return count
 
 
-def feature_dims(store: Location) -> dict[str, int]:
+def feature_dims(store: Location, manifest: dict[str, Any]) -> dict[str, int]:
     """Each modality's feature width: from the manifest's encoders, else from the first rows that carry it."""
-    encoders = (read_manifest(store) or {}).get("encoders") or {}
+    encoders = manifest.get("encoders") or {}
     from_manifest = {m: int(e["dim"]) for m, e in encoders.items() if m in ("audio", "video") and "dim" in e}
     if from_manifest:
         return from_manifest
@@ -106,11 +106,12 @@ def plan_run(config: TrainConfig) -> tuple[WorkerPlan, Location]:
         if not location.exists():
             raise UserError(f"data.rationales {location.uri} does not exist; run `mllm-dr distill` first")
         rationales = rationale_lookup(location)
-    dims = dict(config.model.feature_dims) if config.model.feature_dims is not None else feature_dims(store)
+    manifest = read_manifest(store) or {}
+    dims = dict(config.model.feature_dims) if config.model.feature_dims is not None else feature_dims(store, manifest)
     storage = resolve(config.run.storage)
     plan = WorkerPlan(config=config, feature_dims=dims, steps_per_epoch=steps, rationales=rationales,
                       bundle=storage.join(config.run.name, BUNDLE_DIR),
-                      preprocess=(read_manifest(store) or {}).get("config"))
+                      preprocess=manifest.get("config"))
     return plan, store
 
 
